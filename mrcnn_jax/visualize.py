@@ -1,0 +1,173 @@
+"""Drawing detections on images: translucent masks, box outlines, "name score" labels.
+
+numpy + PIL only (no JAX, no TensorFlow), so it works in any notebook.
+
+Shape shorthand: H x W the image size, N detections. Boxes are ``xyxy`` in
+pixels of the image being drawn on (original-image pixels for final
+detections). Labels are contiguous class indices into ``class_names``, whose
+entry 0 is "background".
+
+Colours are deterministic: detection ``i`` (its index in the inputs, before
+thresholding) always gets hue ``frac(i * golden_ratio)``, so neighbouring
+instances get well-separated colours and the same call gives the same picture.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["draw_detections", "instance_color", "save_png"]
+
+_GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
+
+
+def instance_color(index: int) -> tuple[int, int, int]:
+    """Deterministic, well-spread RGB colour (uint8 components) for instance ``index``."""
+    hue = (index * _GOLDEN_RATIO_CONJUGATE) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
+    return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
+
+
+def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"{name} must be uint8, got {image.dtype}; convert first, e.g. "
+            "np.clip(x * 255, 0, 255).round().astype(np.uint8) for floats in [0, 1]"
+        )
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name} must have shape [H, W, 3] (RGB), got {image.shape}")
+    return image
+
+
+def draw_detections(
+    image: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    masks: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    score_threshold: float = 0.5,
+    alpha: float = 0.5,
+    font_size: int | None = None,
+) -> np.ndarray:
+    """Returns a copy of ``image`` with the detections scoring >= ``score_threshold`` drawn.
+
+    Each kept detection gets its mask blended in at ``alpha`` (0.5), its box
+    outlined, and a ``"name 0.97"`` label on a filled background in the
+    instance's colour above the box (inside it when the box touches the top
+    edge). Lower scores are drawn first so the best detection ends on top.
+    Pixels away from every kept detection and its label are left unchanged.
+
+    Args:
+      image: ``[H, W, 3]`` uint8 RGB. Not modified.
+      boxes_xyxy: ``[N, 4]`` boxes, ``xyxy`` in pixels of ``image``.
+      scores: ``[N]`` confidences.
+      labels: ``[N]`` integer class indices into ``class_names``.
+      masks: ``[N, H, W]`` masks at the image size (bool or integer, nonzero
+        = foreground; floats are thresholded at 0.5), or None.
+      class_names: names indexed by label, ``class_names[0] == "background"``;
+        None writes the label number.
+      score_threshold: detections with ``score < score_threshold`` are skipped.
+      alpha: mask opacity in [0, 1].
+      font_size: None uses ``ImageFont.load_default()``; an int asks for that
+        size of the default font.
+
+    Returns:
+      ``[H, W, 3]`` uint8 image.
+
+    Raises:
+      ValueError: on wrong dtypes/shapes or a label outside ``class_names``.
+    """
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes_xyxy must have shape [N, 4], got {boxes.shape}")
+    n = boxes.shape[0]
+    if scores.shape != (n,):
+        raise ValueError(f"scores must have shape [N] = [{n}], got {scores.shape}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape [N] = [{n}], got {labels.shape}")
+    labels = labels.astype(np.int64)
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.shape != (n, h, w):
+            raise ValueError(
+                f"masks must have shape [N, H, W] = {(n, h, w)} (full-size, matching the "
+                f"image), got {masks.shape}"
+            )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if class_names is not None:
+        bad = [int(l) for l in labels if not 0 <= l < len(class_names)]
+        if bad:
+            raise ValueError(
+                f"labels {sorted(set(bad))} are outside class_names (len {len(class_names)}); "
+                "labels must be contiguous indices with 0 = background"
+            )
+
+    keep = np.nonzero(scores >= score_threshold)[0]
+    keep = keep[np.argsort(scores[keep], kind="stable")]  # ascending: best drawn last
+    out = image.copy()
+    if keep.size == 0:
+        return out
+
+    # Masks: alpha-blend in float, once per instance, in draw order.
+    if masks is not None:
+        canvas = out.astype(np.float32)
+        for i in keep:
+            m = masks[i] >= 0.5 if np.issubdtype(masks[i].dtype, np.floating) else masks[i] != 0
+            color = np.asarray(instance_color(int(i)), dtype=np.float32)
+            canvas[m] = (1.0 - alpha) * canvas[m] + alpha * color
+        out = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+
+    # Boxes and labels with PIL.
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    font = ImageFont.load_default() if font_size is None else ImageFont.load_default(size=font_size)
+    line_width = max(1, int(round(max(h, w) / 400)))
+    for i in keep:
+        if not np.all(np.isfinite(boxes[i])):
+            continue
+        color = instance_color(int(i))
+        x1, y1, x2, y2 = boxes[i]
+        # Pixel-index rectangle covering [x1, x2) x [y1, y2), clipped to the image.
+        px1 = int(np.clip(np.floor(x1), 0, w - 1))
+        py1 = int(np.clip(np.floor(y1), 0, h - 1))
+        px2 = int(np.clip(np.ceil(x2) - 1, 0, w - 1))
+        py2 = int(np.clip(np.ceil(y2) - 1, 0, h - 1))
+        px2, py2 = max(px2, px1), max(py2, py1)
+        draw.rectangle([px1, py1, px2, py2], outline=color, width=line_width)
+
+        label = int(labels[i])
+        name = class_names[label] if class_names is not None else str(label)
+        text = f"{name} {scores[i]:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        pad = 1
+        box_h = th + 2 * pad
+        ty = py1 - box_h if py1 - box_h >= 0 else py1  # above the box, else inside it
+        tx = min(px1, max(0, w - (tw + 2 * pad)))
+        draw.rectangle([tx, ty, tx + tw + 2 * pad - 1, ty + box_h - 1], fill=color)
+        luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+        text_color = (0, 0, 0) if luminance > 150 else (255, 255, 255)
+        draw.text((tx + pad - left, ty + pad - top), text, fill=text_color, font=font)
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Saves a ``[H, W, 3]`` uint8 RGB image as PNG, creating parent directories."""
+    image = _check_image(image)
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
