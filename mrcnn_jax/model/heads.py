@@ -1,0 +1,122 @@
+"""RPN head and RoI heads (box, mask): the learnable parts only.
+
+Shape shorthand: B images, R RoIs per image, A anchors per location,
+K classes including background, M mask size (2x the RoI size).
+
+torchvision flattens RoI features in (C, H, W) order before the first fc;
+ours are (H, W, C). ``weights.py`` permutes fc6 accordingly when converting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mrcnn_jax.model.layers import Upsample2x, make_norm
+
+_normal001 = nn.initializers.normal(0.01)
+_normal0001 = nn.initializers.normal(0.001)
+_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class RPNHead(nn.Module):
+  """Shared 3x3 conv + ReLU, then objectness (A) and box deltas (4A).
+
+  Returns per level: logits [B, H_l * W_l * A] and deltas [B, H_l * W_l * A, 4]
+  flattened in (y, x, a) order to match ``ops.anchors``.
+  """
+  num_anchors: int
+  conv_depth: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: Sequence):
+    convs = [nn.Conv(f.shape[-1] if i == 0 else features[0].shape[-1], (3, 3),
+                     padding=((1, 1), (1, 1)), dtype=self.dtype, kernel_init=_normal001,
+                     name=f"conv_{i}")
+             for i, f in zip(range(self.conv_depth), features)]
+    cls = nn.Conv(self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=_normal001,
+                  name="cls_logits")
+    box = nn.Conv(4 * self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=_normal001,
+                  name="bbox_pred")
+    logits, deltas = [], []
+    for f in features:
+      x = f
+      for c in convs:
+        x = nn.relu(c(x))
+      b = x.shape[0]
+      logits.append(cls(x).reshape(b, -1))
+      deltas.append(box(x).reshape(b, -1, 4))
+    return logits, deltas
+
+
+class BoxHead(nn.Module):
+  """Optional convs then fcs on pooled RoI features [B, R, h, w, C] ->
+  [B, R, fc_dim] (torchvision's TwoMLPHead when num_conv = 0)."""
+  num_conv: int = 0
+  conv_dim: int = 256
+  num_fc: int = 2
+  fc_dim: int = 1024
+  norm: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, r = x.shape[:2]
+    x = x.reshape((b * r,) + x.shape[2:]).astype(self.dtype)
+    norm = make_norm(self.norm, dtype=self.dtype)
+    for i in range(self.num_conv):
+      x = nn.Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)),
+                  use_bias=self.norm in (None, "none", ""), dtype=self.dtype,
+                  kernel_init=_kaiming_fan_out, name=f"conv{i + 1}")(x)
+      x = nn.relu(norm(name=f"conv{i + 1}_norm")(x))
+    x = x.reshape(b * r, -1)
+    for i in range(self.num_fc):
+      x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name=f"fc{i + 6}")(x))
+    return x.reshape(b, r, -1)
+
+
+class BoxPredictor(nn.Module):
+  """[B, R, F] -> class logits [B, R, K] and class-specific deltas [B, R, K, 4]."""
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_normal001,
+                      name="cls_score")(x)
+    deltas = nn.Dense(4 * self.num_classes, dtype=self.dtype, kernel_init=_normal0001,
+                      name="bbox_pred")(x)
+    return logits, deltas.reshape(deltas.shape[:-1] + (self.num_classes, 4))
+
+
+class MaskHead(nn.Module):
+  """FCN mask head: convs, a 2x deconv, and a 1x1 conv to K per-class logits.
+
+  [B, R, m, m, C] -> mask logits [B, R, 2m, 2m, K]. With ``class_agnostic``
+  the last conv has one channel, used for every class.
+  """
+  num_classes: int
+  conv_dims: Sequence[int] = (256, 256, 256, 256)
+  deconv_dim: int = 256
+  norm: Optional[str] = None
+  class_agnostic: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, r = x.shape[:2]
+    x = x.reshape((b * r,) + x.shape[2:]).astype(self.dtype)
+    norm = make_norm(self.norm, dtype=self.dtype)
+    for i, dim in enumerate(self.conv_dims):
+      x = nn.Conv(dim, (3, 3), padding=((1, 1), (1, 1)),
+                  use_bias=self.norm in (None, "none", ""), dtype=self.dtype,
+                  kernel_init=_kaiming_fan_out, name=f"mask_fcn{i + 1}")(x)
+      x = nn.relu(norm(name=f"mask_fcn{i + 1}_norm")(x))
+    x = nn.relu(Upsample2x(self.deconv_dim, dtype=self.dtype, name="conv5_mask")(x))
+    out = 1 if self.class_agnostic else self.num_classes
+    x = nn.Conv(out, (1, 1), dtype=self.dtype, kernel_init=_kaiming_fan_out,
+                name="mask_fcn_logits")(x)
+    return x.reshape((b, r) + x.shape[1:])

@@ -1,0 +1,113 @@
+"""Small building blocks shared by the backbone and the heads.
+
+Convolutions use explicit, symmetric padding (PyTorch's ``padding=k//2``),
+not ``'SAME'``: with stride 2 and an even input, ``'SAME'`` pads only on the
+bottom/right and the feature grid would be shifted half a pixel relative to
+torchvision, breaking converted checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+class FrozenBatchNorm(nn.Module):
+  """BatchNorm with fixed statistics and affine parameters (torchvision's
+  ``FrozenBatchNorm2d``): y = (x - mean) / sqrt(var + eps) * scale + bias.
+
+  All four tensors live in ``params`` (so checkpoints carry them) but never
+  receive gradients; the optimizer must also exclude them from weight decay
+  (``train.trainable_mask`` does).
+  """
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    mean = self.param("mean", nn.initializers.zeros, (c,), jnp.float32)
+    var = self.param("var", nn.initializers.ones, (c,), jnp.float32)
+    scale, bias, mean, var = jax.lax.stop_gradient((scale, bias, mean, var))
+    mult = scale * jax.lax.rsqrt(var + self.eps)
+    shift = bias - mean * mult
+    return x * mult.astype(self.dtype) + shift.astype(self.dtype)
+
+
+def make_norm(kind: Optional[str], *, train: bool = False, dtype: Dtype = jnp.float32,
+              num_groups: int = 32, axis_name: Optional[str] = None) -> Callable[..., nn.Module]:
+  """Returns a constructor ``norm(name=...)`` for the chosen normalisation.
+
+  kind: ``'frozen_bn'`` (pretrained backbones), ``'bn'`` (trainable
+  BatchNorm; batch statistics in the ``batch_stats`` collection, synchronised
+  over ``axis_name`` when given), ``'gn'`` (GroupNorm, no batch statistics,
+  good for training from scratch at small batch) or ``None`` (identity).
+  """
+  if kind == "frozen_bn":
+    return functools.partial(FrozenBatchNorm, dtype=dtype)
+  if kind == "bn":
+    return functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=0.9, epsilon=1e-5, dtype=dtype,
+                             axis_name=axis_name if train else None)
+  if kind == "gn":
+    return functools.partial(nn.GroupNorm, num_groups=num_groups, epsilon=1e-5,
+                             dtype=dtype)
+  if kind in (None, "none", ""):
+    return lambda name=None: (lambda x: x)
+  raise ValueError(f"unknown norm {kind!r}; expected 'frozen_bn', 'bn', 'gn' or None")
+
+
+def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1,
+         use_bias: bool = False, dtype: Dtype = jnp.float32, name: str | None = None,
+         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal")):
+  """Conv with PyTorch-style symmetric padding ``kernel // 2``."""
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+                 use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, name=name)
+
+
+class Upsample2x(nn.Module):
+  """2x2, stride-2 transposed convolution (the mask head's deconv).
+
+  With kernel = stride = 2 the output pixels do not overlap, so the layer is
+  a per-pixel matmul followed by a depth-to-space. Writing it this way avoids
+  any ambiguity about kernel flipping between frameworks: kernel[a, b, i, o]
+  is PyTorch's ``ConvTranspose2d.weight[i, o, a, b]``.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                        (2, 2, c, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = jnp.einsum("nhwi,abio->nhawbo", x.astype(self.dtype), kernel.astype(self.dtype))
+    n, h, _, w, _, o = y.shape
+    return y.reshape(n, 2 * h, 2 * w, o) + bias.astype(self.dtype)
+
+
+def nearest_resize(x, size: tuple[int, int]):
+  """Nearest-neighbour resize of [B, H, W, C] to ``size``, PyTorch's
+  ``F.interpolate(mode='nearest')``: source index floor(dst * in / out)."""
+  h_in, w_in = x.shape[1:3]
+  h_out, w_out = size
+  if (h_out, w_out) == (2 * h_in, 2 * w_in):
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  # Indices are static: computed in numpy float32, as PyTorch does.
+  iy = np.floor(np.arange(h_out, dtype=np.float32) * np.float32(h_in / h_out))
+  ix = np.floor(np.arange(w_out, dtype=np.float32) * np.float32(w_in / w_out))
+  iy = np.minimum(iy.astype(np.int32), h_in - 1)
+  ix = np.minimum(ix.astype(np.int32), w_in - 1)
+  return x[:, iy][:, :, ix]

@@ -1,0 +1,130 @@
+"""ResNet / ResNeXt backbones (NHWC), torchvision's v1.5 layout.
+
+Shape shorthand: B images, (H, W) input size; C2..C5 have strides 4..32.
+
+Depths 18/34 use basic blocks, 50/101/152 bottlenecks with the stride on the
+3x3 conv (v1.5, as torchvision). ResNeXt is a bottleneck ResNet with
+``groups`` and ``width_per_group`` (ResNeXt-101 32x8d: groups=32,
+width_per_group=8). Parameter names mirror torchvision (``conv1``, ``bn1``,
+``layer1_0/conv1`` ...) so checkpoint conversion is a mechanical rename.
+
+``freeze_at`` follows Detectron2: 0 trains everything, 1 freezes the stem,
+k >= 2 freezes the stem and stages layer1..layer{k-1}. Frozen parts are cut
+from the gradient with ``stop_gradient``; ``train.trainable_mask`` also keeps
+the optimizer off them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mrcnn_jax.model.layers import conv, make_norm
+
+STAGE_BLOCKS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+class BasicBlock(nn.Module):
+  planes: int
+  stride: int
+  downsample: bool
+  norm: Any
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    identity = x
+    y = conv(self.planes, 3, self.stride, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = conv(self.planes, 3, 1, dtype=self.dtype, name="conv2")(y)
+    y = self.norm(name="bn2")(y)
+    if self.downsample:
+      identity = conv(self.planes, 1, self.stride, dtype=self.dtype,
+                      name="downsample_conv")(x)
+      identity = self.norm(name="downsample_bn")(identity)
+    return nn.relu(y + identity)
+
+
+class Bottleneck(nn.Module):
+  planes: int
+  stride: int
+  downsample: bool
+  norm: Any
+  groups: int = 1
+  width_per_group: int = 64
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
+    identity = x
+    y = conv(width, 1, 1, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = conv(width, 3, self.stride, groups=self.groups, dtype=self.dtype, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = conv(self.planes * 4, 1, 1, dtype=self.dtype, name="conv3")(y)
+    y = self.norm(name="bn3")(y)
+    if self.downsample:
+      identity = conv(self.planes * 4, 1, self.stride, dtype=self.dtype,
+                      name="downsample_conv")(x)
+      identity = self.norm(name="downsample_bn")(identity)
+    return nn.relu(y + identity)
+
+
+class ResNet(nn.Module):
+  """Returns the list [C2, C3, C4, C5] of [B, H/s, W/s, C_s] features."""
+  depth: int = 50
+  groups: int = 1
+  width_per_group: int = 64
+  norm: Optional[str] = "frozen_bn"
+  freeze_at: int = 2
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.depth not in STAGE_BLOCKS:
+      raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}")
+    norm = make_norm(self.norm, train=train, dtype=self.dtype, axis_name=self.axis_name)
+    basic = self.depth < 50
+    x = x.astype(self.dtype)
+    x = conv(64, 7, 2, dtype=self.dtype, name="conv1")(x)
+    x = nn.relu(norm(name="bn1")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.freeze_at >= 1:
+      x = jax.lax.stop_gradient(x)
+    outputs = []
+    for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):
+      planes = 64 * 2 ** stage
+      for i in range(num_blocks):
+        stride = 2 if (i == 0 and stage > 0) else 1
+        in_ch = x.shape[-1]
+        if basic:
+          block = BasicBlock(planes, stride, downsample=(stride != 1 or in_ch != planes),
+                             norm=norm, dtype=self.dtype, name=f"layer{stage + 1}_{i}")
+        else:
+          block = Bottleneck(planes, stride, downsample=(stride != 1 or in_ch != planes * 4),
+                             norm=norm, groups=self.groups,
+                             width_per_group=self.width_per_group, dtype=self.dtype,
+                             name=f"layer{stage + 1}_{i}")
+        x = block(x)
+      if self.freeze_at >= stage + 2:
+        x = jax.lax.stop_gradient(x)
+      outputs.append(x)
+    return outputs
+
+  @staticmethod
+  def out_channels(depth: int) -> Sequence[int]:
+    mult = 1 if depth < 50 else 4
+    return tuple(64 * 2 ** s * mult for s in range(4))

@@ -1,0 +1,227 @@
+"""RoIAlign (He et al., 2017), single- and multi-level, as a vmap over RoIs.
+
+Shape shorthand: B images, R RoIs per image, L FPN levels, C channels,
+(h, w) the output size, (H, W) a feature map, S = sum_l H_l * W_l.
+
+Semantics are exactly ``torchvision.ops.roi_align`` for ``sampling_ratio >=
+1``:
+
+* A box (x1, y1, x2, y2) in input pixels is mapped to feature coordinates by
+  ``spatial_scale``. With ``aligned=True`` half a pixel is subtracted first
+  (Detectron2's "aligned" RoIAlign): pixel *centres* sit at integer+0.5 in
+  continuous coordinates, so a box edge at x maps to feature coordinate
+  ``x * scale - 0.5``, and the bilinear samples land on the right pixels. With
+  ``aligned=False`` (the original paper and torchvision's Mask R-CNN) there is
+  no shift and the RoI's size is floored at 1 feature pixel, which biases
+  small boxes; we keep it because converted checkpoints were trained with it.
+* The RoI is split into h x w bins; each bin averages ``sampling_ratio**2``
+  bilinear samples at the centres of a regular sub-grid. No coordinate is
+  ever rounded (the point of RoIAlign versus RoIPool).
+* A sample more than one pixel outside the map (y < -1 or y > H) contributes
+  0; samples in [-1, 0] clamp to the border; that is torchvision's rule and
+  it is why the border treatment below looks asymmetric.
+
+torchvision's adaptive ``sampling_ratio <= 0`` (grid size ceil(roi_size / h))
+would make shapes depend on data, so it is rejected here.
+
+Bilinear interpolation is separable, and so is the out-of-range rule, so each
+axis gets its own (low index, high index, low weight, high weight) and a
+sample reads 4 feature vectors. Multi-level RoIAlign flattens all levels of
+an image into one [S, C] array and gives each RoI the offset, size and scale
+of its own level, so every RoI is sampled once, on its level only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def _pair(output_size) -> tuple[int, int]:
+  if isinstance(output_size, int):
+    return output_size, output_size
+  h, w = output_size
+  return int(h), int(w)
+
+
+def _axis_samples(start, bin_size, pooled: int, sampling_ratio: int):
+  """Sample coordinates along one axis: [pooled * sampling_ratio]."""
+  p = jnp.arange(pooled, dtype=jnp.float32)[:, None]
+  i = jnp.arange(sampling_ratio, dtype=jnp.float32)[None, :]
+  return (start + p * bin_size + (i + 0.5) * bin_size / sampling_ratio).reshape(-1)
+
+
+def _axis_weights(coords, size):
+  """torchvision's ``bilinear_interpolate`` restricted to one axis.
+
+  Args:
+    coords: [P] sample coordinates in feature pixels.
+    size: number of pixels along the axis (a scalar, may be traced).
+
+  Returns:
+    (low [P] int32, high [P] int32, w_low [P], w_high [P]); weights are 0 for
+    samples outside [-1, size].
+  """
+  size_f = jnp.asarray(size, jnp.float32)
+  inside = (coords >= -1.0) & (coords <= size_f)
+  c = jnp.maximum(coords, 0.0)
+  low = jnp.floor(c)
+  at_end = low >= size_f - 1
+  low = jnp.where(at_end, size_f - 1, low)
+  high = jnp.where(at_end, size_f - 1, low + 1)
+  c = jnp.where(at_end, low, c)
+  frac = c - low
+  inside = inside.astype(jnp.float32)
+  return (low.astype(jnp.int32), high.astype(jnp.int32),
+          (1.0 - frac) * inside, frac * inside)
+
+
+def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
+               out_w: int, sampling_ratio: int, aligned: bool):
+  """RoIAlign of one box on one (flattened) feature map.
+
+  Args:
+    flat: [S, C] features; this RoI's map occupies rows
+      ``offset .. offset + height * width`` in row-major (y, x) order.
+    offset, height, width: scalars (may be traced) locating the map.
+    box: [4] xyxy in input pixels.
+    spatial_scale: scalar, feature pixels per input pixel.
+
+  Returns:
+    [out_h, out_w, C] in ``flat.dtype``.
+  """
+  box = box.astype(jnp.float32)
+  shift = 0.5 if aligned else 0.0
+  x1 = box[0] * spatial_scale - shift
+  y1 = box[1] * spatial_scale - shift
+  x2 = box[2] * spatial_scale - shift
+  y2 = box[3] * spatial_scale - shift
+  roi_w = x2 - x1
+  roi_h = y2 - y1
+  if not aligned:
+    # Legacy behaviour: malformed / tiny RoIs are forced to 1x1 pixel.
+    roi_w = jnp.maximum(roi_w, 1.0)
+    roi_h = jnp.maximum(roi_h, 1.0)
+  ys = _axis_samples(y1, roi_h / out_h, out_h, sampling_ratio)
+  xs = _axis_samples(x1, roi_w / out_w, out_w, sampling_ratio)
+  y_lo, y_hi, wy_lo, wy_hi = _axis_weights(ys, height)
+  x_lo, x_hi, wx_lo, wx_hi = _axis_weights(xs, width)
+  rows = jnp.stack([y_lo, y_hi], axis=1) * width  # [Py, 2]
+  cols = jnp.stack([x_lo, x_hi], axis=1)  # [Px, 2]
+  idx = offset + rows[:, :, None, None] + cols[None, None, :, :]  # [Py,2,Px,2]
+  gathered = flat[idx]  # [Py, 2, Px, 2, C]
+  wy = jnp.stack([wy_lo, wy_hi], axis=1)  # [Py, 2]
+  wx = jnp.stack([wx_lo, wx_hi], axis=1)  # [Px, 2]
+  vals = jnp.einsum("yaxbc,ya,xb->yxc", gathered.astype(jnp.float32), wy, wx)
+  c = vals.shape[-1]
+  vals = vals.reshape(out_h, sampling_ratio, out_w, sampling_ratio, c)
+  return vals.mean(axis=(1, 3)).astype(flat.dtype)
+
+
+def _check_sampling_ratio(sampling_ratio):
+  if not isinstance(sampling_ratio, int) or sampling_ratio < 1:
+    raise ValueError(
+        f"sampling_ratio must be an int >= 1 (got {sampling_ratio!r}); the "
+        "adaptive mode (<= 0) makes shapes data-dependent and is not supported")
+
+
+def roi_align(features, boxes, output_size, *, spatial_scale: float = 1.0,
+              sampling_ratio: int = 2, aligned: bool = False):
+  """RoIAlign on one image's feature map.
+
+  Args:
+    features: [H, W, C] feature map of one image.
+    boxes: [R, 4] xyxy in input pixels (multiplied by ``spatial_scale`` to get
+      feature coordinates).
+    output_size: int or (h, w).
+    spatial_scale: feature pixels per input pixel (1/stride).
+    sampling_ratio: samples per bin along each axis (>= 1).
+    aligned: Detectron2's half-pixel-corrected variant (see module doc).
+
+  Returns:
+    [R, h, w, C], same values as ``torchvision.ops.roi_align`` on the NCHW
+    transpose. Differentiable in ``features``.
+  """
+  features = jnp.asarray(features)
+  boxes = jnp.asarray(boxes)
+  if features.ndim != 3:
+    raise ValueError(f"roi_align: features must be [H, W, C], got shape {features.shape}")
+  if boxes.ndim != 2 or boxes.shape[-1] != 4:
+    raise ValueError(f"roi_align: boxes must be [R, 4] xyxy, got shape {boxes.shape}")
+  _check_sampling_ratio(sampling_ratio)
+  out_h, out_w = _pair(output_size)
+  h, w, c = features.shape
+  flat = features.reshape(h * w, c)
+  fn = lambda b: _align_one(flat, 0, h, w, b, spatial_scale, out_h, out_w,
+                            sampling_ratio, aligned)
+  return jax.vmap(fn)(boxes)
+
+
+def assign_levels(boxes, min_level: int = 2, max_level: int = 5,
+                  canonical_scale: float = 224.0, canonical_level: int = 4,
+                  eps: float = 1e-6):
+  """FPN level of each xyxy box [..., 4] -> [...] int32 (paper eq. 1).
+
+  torchvision's ``LevelMapper``: floor(4 + log2(sqrt(area) / 224) + 1e-6),
+  clamped to [min_level, max_level]. Zero-area boxes go to ``min_level``.
+  """
+  w = jnp.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+  h = jnp.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
+  s = jnp.sqrt(jnp.maximum(w * h, 1e-12))
+  lvl = jnp.floor(canonical_level + jnp.log2(s / canonical_scale) + eps)
+  return jnp.clip(lvl, min_level, max_level).astype(jnp.int32)
+
+
+def level_scales(canvas_size: tuple[int, int], grid_sizes: Sequence[tuple[int, int]]):
+  """Spatial scale of each level, torchvision's ``_infer_scale``: the ratio of
+  grid to image size, rounded to a power of two."""
+  return [2.0 ** round(math.log2(g[0] / canvas_size[0])) for g in grid_sizes]
+
+
+def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
+                         canvas_size: tuple[int, int], first_level: int = 2,
+                         sampling_ratio: int = 2, aligned: bool = False,
+                         canonical_scale: float = 224.0,
+                         canonical_level: int = 4):
+  """FPN RoIAlign, batched over images: each RoI is pooled from its own level.
+
+  Args:
+    features_per_level: L arrays [B, H_l, W_l, C], finest first; level l of
+      the list is pyramid level ``first_level + l``.
+    boxes: [B, R, 4] xyxy in input pixels of the padded canvas.
+    output_size: int or (h, w).
+    canvas_size: (H, W) of the padded network input, used to infer the scales.
+
+  Returns:
+    [B, R, h, w, C].
+  """
+  _check_sampling_ratio(sampling_ratio)
+  out_h, out_w = _pair(output_size)
+  grid_sizes = [tuple(f.shape[1:3]) for f in features_per_level]
+  scales = level_scales(canvas_size, grid_sizes)
+  num_levels = len(features_per_level)
+  b, c = features_per_level[0].shape[0], features_per_level[0].shape[-1]
+  flat = jnp.concatenate(
+      [f.reshape(b, -1, c) for f in features_per_level], axis=1)  # [B, S, C]
+  offsets, acc = [], 0
+  for g in grid_sizes:
+    offsets.append(acc)
+    acc += g[0] * g[1]
+  offsets = jnp.asarray(offsets, jnp.int32)
+  heights = jnp.asarray([g[0] for g in grid_sizes], jnp.int32)
+  widths = jnp.asarray([g[1] for g in grid_sizes], jnp.int32)
+  scales_arr = jnp.asarray(scales, jnp.float32)
+
+  levels = assign_levels(jax.lax.stop_gradient(boxes), first_level,
+                         first_level + num_levels - 1, canonical_scale,
+                         canonical_level) - first_level  # [B, R]
+
+  def one_roi(flat_img, box, lvl):
+    return _align_one(flat_img, offsets[lvl], heights[lvl], widths[lvl], box,
+                      scales_arr[lvl], out_h, out_w, sampling_ratio, aligned)
+
+  per_image = jax.vmap(one_roi, in_axes=(None, 0, 0))
+  return jax.vmap(per_image)(flat, boxes, levels)
