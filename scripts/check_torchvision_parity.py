@@ -68,7 +68,7 @@ def load_images():
   return out
 
 
-def make_torch_model(seed: int, score_threshold: float, cls_scale: float):
+def make_torch_model(seed: int, score_threshold: float, cls_scale: float, images):
   import torch
   import torchvision
   torch.manual_seed(seed)
@@ -87,6 +87,23 @@ def make_torch_model(seed: int, score_threshold: float, cls_scale: float):
     model.roi_heads.box_predictor.cls_score.bias.normal_(0.0, 1.0, generator=g)
   model.roi_heads.score_thresh = score_threshold
   model.eval()
+  # Calibrate: with random BN statistics the FPN outputs have a std in the
+  # hundreds, which saturates the RPN (every box grows to the whole image and
+  # NMS leaves a handful). Rescale each FPN output conv to unit std, and give
+  # the RPN and box regressors deltas of a plausible size (~0.3).
+  with torch.no_grad():
+    image_list, _ = model.transform(images)
+    feats = model.backbone(image_list.tensors)
+    for i, key in enumerate(["0", "1", "2", "3"]):
+      std = float(feats[key].std())
+      model.backbone.fpn.layer_blocks[i][0].weight.div_(std)
+      model.backbone.fpn.layer_blocks[i][0].bias.div_(std)
+    feats = model.backbone(image_list.tensors)
+    logits, deltas = model.rpn.head(list(feats.values()))
+    model.rpn.head.cls_logits.weight.div_(float(torch.cat([o.flatten() for o in logits]).std()))
+    model.rpn.head.bbox_pred.weight.mul_(
+        0.3 / float(torch.cat([d.flatten() for d in deltas]).std()))
+    model.roi_heads.box_predictor.bbox_pred.weight.mul_(100.0)
   return model
 
 
@@ -128,14 +145,14 @@ def main(argv=None):
     if not ok:
       failures.append(msg)
 
-  tmodel = make_torch_model(args.seed, args.score_threshold, args.cls_scale)
   images = load_images()
+  timgs = [torch.from_numpy(im).permute(2, 0, 1).contiguous() for _, im in images]
+  tmodel = make_torch_model(args.seed, args.score_threshold, args.cls_scale, timgs)
   sizes = [im.shape[:2] for _, im in images]
   canvas = tuple(int(np.ceil(max(s[i] for s in sizes) / 32) * 32) for i in (0, 1))
   print(f"images: {[(n, im.shape[:2]) for n, im in images]}, canvas {canvas}")
 
   # --- torchvision ---------------------------------------------------------
-  timgs = [torch.from_numpy(im).permute(2, 0, 1).contiguous() for _, im in images]
   with torch.no_grad():
     image_list, _ = tmodel.transform(timgs)
     assert tuple(image_list.tensors.shape[-2:]) == canvas, image_list.tensors.shape
