@@ -1,0 +1,143 @@
+"""Writes tests/data/torchvision_reference.npz: torchvision's own outputs for
+the ops that mrcnn_jax reimplements, so CI (which has no torch) can check
+them against something we did not write.
+
+Run in the torchvision reference environment (see
+scripts/check_torchvision_parity.py for how to make it):
+
+  /tmp/tvenv/bin/python scripts/make_reference_fixtures.py
+
+Contents (all float32 / int64, NCHW tensors already transposed to NHWC):
+  roi_align/*      random feature maps and boxes (including boxes partly or
+                   wholly outside the map and zero-width boxes), outputs and
+                   feature gradients for aligned in {False, True},
+                   sampling_ratio 1..4, spatial_scale 1 and 0.5
+  msroi/*          MultiScaleRoIAlign on a 4-level pyramid
+  nms/*, bnms/*    torchvision.ops.nms / batched_nms keep lists
+  paste/*          torchvision's paste_masks_in_image
+  anchors/*        AnchorGenerator on an 800x1216 canvas
+  coder/*          BoxCoder((10, 10, 5, 5)) encode / decode
+"""
+
+import os
+
+import numpy as np
+import torch
+import torchvision
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, nms, roi_align
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "torchvision_reference.npz")
+
+
+def random_boxes(rng, n, h, w, scale):
+  x1 = rng.uniform(-0.2 * w, w, n)
+  y1 = rng.uniform(-0.2 * h, h, n)
+  bw = rng.uniform(0.0, 0.8 * w, n)
+  bh = rng.uniform(0.0, 0.8 * h, n)
+  boxes = np.stack([x1, y1, x1 + bw, y1 + bh], 1) / scale
+  boxes[0] = [2.0, 3.0, 2.0, 7.0]  # zero width
+  boxes[1] = [-30.0, -30.0, -10.0, -5.0]  # wholly outside
+  boxes[2] = [0.5 * w / scale, 0.5 * h / scale, 3 * w / scale, 3 * h / scale]  # partly out
+  return boxes.astype(np.float32)
+
+
+def main():
+  rng = np.random.default_rng(0)
+  out = {}
+  # --- RoIAlign ---------------------------------------------------------------
+  h, w, c = 11, 13, 3
+  feats = rng.standard_normal((h, w, c)).astype(np.float32)
+  out["roi_align/features"] = feats
+  for scale in (1.0, 0.5):
+    boxes = random_boxes(rng, 12, h, w, scale)
+    out[f"roi_align/boxes_s{scale}"] = boxes
+    for aligned in (False, True):
+      for sr in (1, 2, 3, 4):
+        f = torch.from_numpy(feats).permute(2, 0, 1)[None].clone().requires_grad_(True)
+        rois = torch.cat([torch.zeros(len(boxes), 1), torch.from_numpy(boxes)], 1)
+        y = roi_align(f, rois, (5, 4), spatial_scale=scale, sampling_ratio=sr, aligned=aligned)
+        cot = torch.from_numpy(rng.standard_normal(tuple(y.shape)).astype(np.float32))
+        (y * cot).sum().backward()
+        key = f"roi_align/s{scale}_a{int(aligned)}_r{sr}"
+        out[key + "_out"] = y.detach().permute(0, 2, 3, 1).numpy()
+        out[key + "_cot"] = cot.permute(0, 2, 3, 1).numpy()
+        out[key + "_grad"] = f.grad[0].permute(1, 2, 0).numpy()
+
+  # --- MultiScaleRoIAlign -----------------------------------------------------
+  canvas = (256, 320)
+  levels = {}
+  for i, s in enumerate((4, 8, 16, 32)):
+    levels[str(i)] = torch.from_numpy(
+        rng.standard_normal((2, 8, canvas[0] // s, canvas[1] // s)).astype(np.float32))
+  msboxes = []
+  for _ in range(2):
+    x1 = rng.uniform(0, canvas[1] - 10, 30)
+    y1 = rng.uniform(0, canvas[0] - 10, 30)
+    side = np.exp(rng.uniform(np.log(4), np.log(400), 30))
+    msboxes.append(np.stack([x1, y1, x1 + side * rng.uniform(0.5, 1.5, 30),
+                             y1 + side * rng.uniform(0.5, 1.5, 30)], 1).astype(np.float32))
+  pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+  y = pool(levels, [torch.from_numpy(b) for b in msboxes], [canvas, (240, 300)])
+  for k, v in levels.items():
+    out[f"msroi/level{k}"] = v.permute(0, 2, 3, 1).numpy()
+  out["msroi/boxes"] = np.stack(msboxes)
+  out["msroi/out"] = y.reshape(2, 30, 8, 7, 7).permute(0, 1, 3, 4, 2).numpy()
+
+  # --- NMS ----------------------------------------------------------------------
+  n = 300
+  ctr = rng.uniform(0, 200, (n, 2))
+  wh = rng.uniform(5, 60, (n, 2))
+  nboxes = np.concatenate([ctr - wh / 2, ctr + wh / 2], 1).astype(np.float32)
+  nscores = rng.uniform(0, 1, n).astype(np.float32)
+  ncls = rng.integers(0, 5, n)
+  out["nms/boxes"], out["nms/scores"], out["nms/classes"] = nboxes, nscores, ncls
+  for thr in (0.3, 0.5, 0.7):
+    out[f"nms/keep_{thr}"] = nms(torch.from_numpy(nboxes), torch.from_numpy(nscores), thr).numpy()
+    out[f"bnms/keep_{thr}"] = batched_nms(torch.from_numpy(nboxes), torch.from_numpy(nscores),
+                                          torch.from_numpy(ncls), thr).numpy()
+
+  # --- paste masks ------------------------------------------------------------
+  pm = rng.uniform(0, 1, (10, 1, 28, 28)).astype(np.float32)
+  # Detections are clipped to the image before pasting (torchvision's paste
+  # itself fails on boxes far outside it), so clip here too.
+  pb = random_boxes(rng, 10, 60, 80, 1.0)
+  pb[:, 0::2] = np.clip(pb[:, 0::2], 0, 80)
+  pb[:, 1::2] = np.clip(pb[:, 1::2], 0, 60)
+  pb[3] = [10.3, 12.7, 10.9, 40.2]  # thin
+  pb[4] = [0.0, 0.0, 80.0, 60.0]  # whole image
+  out["paste/masks"], out["paste/boxes"] = pm[:, 0], pb
+  out["paste/out"] = paste_masks_in_image(torch.from_numpy(pm), torch.from_numpy(pb),
+                                          (60, 80)).numpy()[:, 0]
+
+  # --- anchors ---------------------------------------------------------------
+  gen = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+  acanvas = (800, 1216)
+  grids = [(200, 304), (100, 152), (50, 76), (25, 38), (13, 19)]
+  il = ImageList(torch.zeros(1, 3, *acanvas), [acanvas])
+  fmaps = [torch.zeros(1, 1, *g) for g in grids]
+  anchors = gen(il, fmaps)[0].numpy()
+  out["anchors/all"] = anchors
+
+  # --- box coder -------------------------------------------------------------
+  coder = det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0))
+  ref = nboxes[:50]
+  tgt = nboxes[50:100]
+  out["coder/ref"], out["coder/tgt"] = ref, tgt
+  out["coder/enc"] = coder.encode_single(torch.from_numpy(tgt), torch.from_numpy(ref)).numpy()
+  deltas = rng.standard_normal((50, 4)).astype(np.float32) * 3
+  deltas[0, 2:] = 50.0  # exercises the exp clip
+  out["coder/deltas"] = deltas
+  out["coder/dec"] = coder.decode_single(torch.from_numpy(deltas), torch.from_numpy(ref)).numpy()
+
+  os.makedirs(os.path.dirname(OUT), exist_ok=True)
+  np.savez_compressed(OUT, **out)
+  print(f"wrote {OUT}: {len(out)} arrays, {os.path.getsize(OUT) / 1024:.0f} KiB "
+        f"(torch {torch.__version__}, torchvision {torchvision.__version__})")
+
+
+if __name__ == "__main__":
+  main()
