@@ -1,0 +1,448 @@
+"""tf.data input pipeline: TFDS-style detection examples -> static-shape batches.
+
+Shape shorthand: H x W the original image, Hc x Wc the static canvas, n the
+objects of one example, N = ``max_instances``, S = ``gt_mask_size``,
+``...`` the leading ``batch_dims`` (e.g. ``(devices, per_device_batch)``).
+
+Input: each element of ``ds`` is a dict in the layout TFDS decodes
+``mrcnn_shapes`` to (and that an adapter for another dataset should produce):
+
+=====================  =========================================================
+``image``              uint8 [H, W, 3], or its PNG/JPEG bytes (tf.string)
+``image_id``           integer scalar
+``objects/bbox``       float [n, 4], TFDS ``BBox``: normalised
+                       ``(ymin, xmin, ymax, xmax)`` in continuous coordinates
+``objects/label``      integer [n], 0-based class index (the pipeline adds 1)
+``objects/mask``       uint8 [n, H, W, 1] or [n, H, W], nonzero = object; or
+                       [n] PNG bytes (decoded here)
+``objects/area``       number [n], optional: ranks objects when there are more
+                       than N (box area if absent)
+=====================  =========================================================
+
+Decoding inside the pipeline (pass ``load_shapes(..., decode=False)``) keeps
+the shuffle buffer small and spreads the PNG decoding over the parallel map.
+
+Output: one dict per batch (numpy through :func:`numpy_batches`):
+
+=================  ==============  ============================================
+``image``          float32         [..., Hc, Wc, 3] normalised with mean/std,
+                                   zero-padded bottom/right
+``image_size``     int32 [..., 2]  (h, w) of the resized image inside the canvas
+``orig_size``      int32 [..., 2]  (H, W) of the original image
+``scale``          float32 [...]   resize factor (see "Resizing")
+``image_id``       int32 [...]     -1 marks padding examples (only when
+                                   ``drop_remainder=False``)
+``gt_boxes``       float32         [..., N, 4] ``xyxy`` absolute pixels of the
+                                   resized (and flipped) image; 0 for padding
+``gt_labels``      int32 [..., N]  1..K, 0 for padding
+``gt_valid``       bool [..., N]   True for real objects (a prefix of N)
+``gt_masks``       float32         [..., N, S, S] in [0, 1], the object's mask
+                                   cropped to its box; 0 for padding
+``num_dropped``    int32 [...]     objects dropped for exceeding N (smallest
+                                   areas go first)
+``num_invalid``    int32 [...]     objects dropped for a zero-area box (after
+                                   clipping to the image)
+=================  ==============  ============================================
+
+Resizing (torchvision's ``GeneralizedRCNNTransform``): ``scale =
+min(min_size / min(H, W), max_size / max(H, W))`` computed in float32, the
+resized size is ``floor(H * scale), floor(W * scale)``, and the image is
+resized bilinearly with half-pixel centres and no antialiasing
+(``align_corners=False``). A continuous coordinate maps by the per-axis ratio
+``image_size / orig_size``, which is how boxes are transformed, so they line
+up with the pixels exactly; that ratio differs from ``scale`` by less than one
+part in ``image_size`` (under one original pixel anywhere in the image).
+``original = input / scale`` is therefore accurate to a pixel; for the exact
+inverse use ``orig_size / image_size`` per axis.
+
+Mask targets (the TF Model Garden way: cropped in the pipeline so the model
+only gathers them): each object's full-resolution mask is cropped to its box
+and resampled to S x S with ``tf.image.crop_and_resize`` (bilinear). The crop
+covers the box ``[x1, x2] x [y1, y2]`` in continuous pixel coordinates (pixel
+``j`` spans ``[j, j + 1]``, its centre is ``j + 0.5``): the S x S grid splits
+the box into S equal bins per side and samples each bin's centre, i.e. output
+column ``k`` samples ``x = x1 + (k + 0.5) * (x2 - x1) / S``. This matches
+RoIAlign with ``aligned=True`` and one sample per bin. Samples within half a
+pixel of the image border repeat the edge pixel rather than blending in zeros.
+Flipping the crop equals cropping the flipped mask with the flipped box, which
+is how flips are applied to masks.
+
+Determinism: for a given ``seed`` the stream is identical run to run:
+shuffling is seeded, the map is ordered, and each example's flip is drawn from
+a stateless RNG keyed on ``(seed, position in the stream)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mrcnn_jax.data import hide_accelerators_from_tf
+
+hide_accelerators_from_tf()
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+OUTPUT_KEYS = ("image", "image_size", "orig_size", "scale", "image_id",
+               "gt_boxes", "gt_labels", "gt_valid", "gt_masks", "num_dropped",
+               "num_invalid")
+
+
+def canvas_for(max_size: int, multiple: int = 32) -> tuple[int, int]:
+  """A square canvas that holds any resized image: max_size rounded up."""
+  side = int(math.ceil(max_size / multiple) * multiple)
+  return side, side
+
+
+def resized_size(height, width, min_size: int, max_size: int):
+  """(new_h, new_w) int32 and scale float32 of torchvision's resize rule."""
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
+  scale = tf.minimum(float(min_size) / tf.minimum(h, w),
+                     float(max_size) / tf.maximum(h, w))
+  # torchvision multiplies the float32 scale (as a Python float) by the size
+  # in double precision and floors: 800 / 480 -> 799 rows, not 800.
+  scale64 = tf.cast(scale, tf.float64)
+  new_h = tf.cast(tf.floor(tf.cast(height, tf.float64) * scale64), tf.int32)
+  new_w = tf.cast(tf.floor(tf.cast(width, tf.float64) * scale64), tf.int32)
+  return tf.maximum(new_h, 1), tf.maximum(new_w, 1), scale
+
+
+def _decode_image(image):
+  image = tf.convert_to_tensor(image)
+  if image.dtype == tf.string:
+    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+  if image.dtype != tf.uint8:
+    raise ValueError(f"pipeline: example field 'image' must be uint8 "
+                     f"[H, W, 3] or encoded bytes, got dtype {image.dtype}")
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _decode_masks(masks, height, width):
+  """Any accepted mask layout -> uint8 [n, H, W] (values 0/1)."""
+  masks = tf.convert_to_tensor(masks)
+  if masks.dtype == tf.string:
+    masks = tf.map_fn(
+        lambda m: tf.io.decode_png(m, channels=1),
+        masks, fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8))
+  if masks.shape.rank == 4:
+    masks = masks[..., 0]
+  if masks.shape.rank != 3:
+    raise ValueError("pipeline: example field 'objects/mask' must be "
+                     "[n, H, W, 1], [n, H, W] or [n] encoded PNGs, got shape "
+                     f"{masks.shape}")
+  masks = tf.cast(masks > 0, tf.uint8)
+  n = tf.shape(masks)[0]
+  tf.debugging.assert_equal(
+      tf.logical_or(tf.equal(n, 0), tf.reduce_all(
+          tf.equal(tf.shape(masks)[1:], tf.stack([height, width])))), True,
+      message="pipeline: 'objects/mask' height/width differ from 'image'")
+  # An empty sequence can come with unknown or zero spatial dims.
+  return tf.reshape(masks, [n, height, width])
+
+
+def _check_fields(example):
+  missing = [k for k in ("image", "image_id", "objects") if k not in example]
+  objects = example.get("objects", {})
+  missing += [f"objects/{k}" for k in ("bbox", "label", "mask")
+              if k not in objects]
+  if missing:
+    raise ValueError(f"pipeline: example lacks field(s) {missing}; has "
+                     f"{sorted(example)} and objects {sorted(objects)}")
+
+
+def crop_masks_to_boxes(masks, boxes, mask_size: int):
+  """Crops masks to their boxes and resamples them to mask_size x mask_size.
+
+  Args:
+    masks: uint8 or float [n, H, W], one full-image mask per box.
+    boxes: float32 [n, 4] ``xyxy`` in pixels of that mask.
+    mask_size: S.
+
+  Returns:
+    float32 [n, S, S] in [0, 1]. Bin ``k`` of S samples the continuous
+    coordinate ``x1 + (k + 0.5) * (x2 - x1) / S`` (and likewise for y), with
+    pixel ``j`` centred at ``j + 0.5``; near the border the edge pixel repeats.
+  """
+  n = tf.shape(masks)[0]
+  height = tf.cast(tf.shape(masks)[1], tf.float32)
+  width = tf.cast(tf.shape(masks)[2], tf.float32)
+  # One pixel of edge replication, so every sample inside [-0.5, size - 0.5]
+  # (pixel-index coordinates) interpolates instead of hitting the zero
+  # extrapolation of crop_and_resize.
+  padded = tf.pad(masks[..., None], [[0, 0], [1, 1], [1, 1], [0, 0]],
+                  mode="SYMMETRIC")
+  x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+  half_x = 0.5 * (x2 - x1) / mask_size
+  half_y = 0.5 * (y2 - y1) / mask_size
+  # First and last sample centres in pixel-index coordinates (centre of
+  # pixel j is j), shifted by the padding, then normalised the way
+  # crop_and_resize reads boxes: c * (padded_size - 1) = c * (size + 1).
+  ys0 = (y1 + half_y - 0.5 + 1.0) / (height + 1.0)
+  ys1 = (y2 - half_y - 0.5 + 1.0) / (height + 1.0)
+  xs0 = (x1 + half_x - 0.5 + 1.0) / (width + 1.0)
+  xs1 = (x2 - half_x - 0.5 + 1.0) / (width + 1.0)
+  crops = tf.image.crop_and_resize(
+      padded, tf.stack([ys0, xs0, ys1, xs1], axis=-1),
+      tf.range(n, dtype=tf.int32), [mask_size, mask_size], method="bilinear")
+  return tf.clip_by_value(crops[..., 0], 0.0, 1.0)
+
+
+def preprocess_example(example: dict[str, Any], *, flip, canvas: Sequence[int],
+                       min_size: int, max_size: int, max_instances: int,
+                       gt_mask_size: int,
+                       mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
+  """One example in the input layout -> one unbatched output dict.
+
+  Works eagerly and inside ``tf.data`` (graph mode). ``flip`` (Python bool or
+  scalar bool tensor) mirrors image, boxes and masks horizontally together.
+  See the module docstring for the input and output layouts; all outputs
+  have static shapes (boxes ``xyxy`` in pixels of the resized image).
+  """
+  _check_fields(example)
+  canvas_h, canvas_w = (int(c) for c in canvas)
+  flip = tf.cast(flip, tf.bool)
+  image = _decode_image(example["image"])
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  objects = example["objects"]
+  masks = _decode_masks(objects["mask"], height, width)
+
+  # --- Ground truth in original pixels; drop zero-area boxes. -------------
+  bbox = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
+  ymin, xmin, ymax, xmax = tf.unstack(bbox, axis=-1)
+  boxes = tf.stack([tf.clip_by_value(xmin * wf, 0.0, wf),
+                    tf.clip_by_value(ymin * hf, 0.0, hf),
+                    tf.clip_by_value(xmax * wf, 0.0, wf),
+                    tf.clip_by_value(ymax * hf, 0.0, hf)], axis=-1)
+  labels = tf.reshape(tf.cast(objects["label"], tf.int32), [-1]) + 1
+  if "area" in objects:
+    area = tf.reshape(tf.cast(objects["area"], tf.float32), [-1])
+  else:
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  num_objects = tf.shape(boxes)[0]
+  # NaN coordinates compare False, so they count as invalid too.
+  valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+  valid_idx = tf.cast(tf.reshape(tf.where(valid), [-1]), tf.int32)
+  num_valid = tf.shape(valid_idx)[0]
+  num_invalid = num_objects - num_valid
+
+  # --- At most max_instances: keep the largest, in their original order. --
+  k = tf.minimum(num_valid, max_instances)
+  num_dropped = num_valid - k
+  _, top = tf.math.top_k(tf.gather(area, valid_idx), k=k)  # stable on ties
+  keep = tf.sort(tf.gather(valid_idx, top))
+  boxes = tf.gather(boxes, keep)
+  labels = tf.gather(labels, keep)
+  masks = tf.gather(masks, keep)
+
+  # --- Mask targets from the full-resolution masks, before the resize. ----
+  gt_masks = crop_masks_to_boxes(masks, boxes, gt_mask_size)
+  gt_masks = tf.where(flip, tf.reverse(gt_masks, axis=[2]), gt_masks)
+
+  # --- Resize the image; boxes follow the per-axis size ratio. ------------
+  new_h, new_w, scale = resized_size(height, width, min_size, max_size)
+  tf.debugging.assert_less_equal(
+      tf.stack([new_h, new_w]), tf.constant([canvas_h, canvas_w]),
+      message=(f"pipeline: resized image does not fit the canvas "
+               f"{(canvas_h, canvas_w)}; make canvas >= max_size={max_size} "
+               f"on each side (see canvas_for)"))
+  image = tf.cast(image, tf.float32) * (1.0 / 255.0)
+  image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear",
+                          antialias=False)
+  new_hf, new_wf = tf.cast(new_h, tf.float32), tf.cast(new_w, tf.float32)
+  boxes = boxes * tf.stack([new_wf / wf, new_hf / hf, new_wf / wf, new_hf / hf])
+  image = tf.where(flip, tf.reverse(image, axis=[1]), image)
+  boxes = tf.where(
+      flip,
+      tf.stack([new_wf - boxes[:, 2], boxes[:, 1],
+                new_wf - boxes[:, 0], boxes[:, 3]], axis=-1),
+      boxes)
+
+  # --- Normalise, pad to the canvas and to max_instances. -----------------
+  image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+  image = tf.pad(image, [[0, canvas_h - new_h], [0, canvas_w - new_w], [0, 0]])
+  pad_n = max_instances - k
+  out = {
+      "image": tf.ensure_shape(image, [canvas_h, canvas_w, 3]),
+      "image_size": tf.stack([new_h, new_w]),
+      "orig_size": tf.stack([height, width]),
+      "scale": scale,
+      "image_id": tf.cast(example["image_id"], tf.int32),
+      "gt_boxes": tf.pad(boxes, [[0, pad_n], [0, 0]]),
+      "gt_labels": tf.pad(labels, [[0, pad_n]]),
+      "gt_valid": tf.range(max_instances) < k,
+      "gt_masks": tf.pad(gt_masks, [[0, pad_n], [0, 0], [0, 0]]),
+      "num_dropped": num_dropped,
+      "num_invalid": num_invalid,
+  }
+  out["gt_boxes"] = tf.ensure_shape(out["gt_boxes"], [max_instances, 4])
+  out["gt_labels"] = tf.ensure_shape(out["gt_labels"], [max_instances])
+  out["gt_masks"] = tf.ensure_shape(
+      out["gt_masks"], [max_instances, gt_mask_size, gt_mask_size])
+  return out
+
+
+def _padding_example(canvas, max_instances, gt_mask_size):
+  """A blank example (image_id -1) that fills a final partial batch."""
+  canvas_h, canvas_w = canvas
+  size = tf.constant([canvas_h, canvas_w], tf.int32)
+  return {
+      "image": tf.zeros([canvas_h, canvas_w, 3], tf.float32),
+      "image_size": size,
+      "orig_size": size,
+      "scale": tf.constant(1.0, tf.float32),
+      "image_id": tf.constant(-1, tf.int32),
+      "gt_boxes": tf.zeros([max_instances, 4], tf.float32),
+      "gt_labels": tf.zeros([max_instances], tf.int32),
+      "gt_valid": tf.zeros([max_instances], tf.bool),
+      "gt_masks": tf.zeros([max_instances, gt_mask_size, gt_mask_size],
+                           tf.float32),
+      "num_dropped": tf.constant(0, tf.int32),
+      "num_invalid": tf.constant(0, tf.int32),
+  }
+
+
+def make_pipeline(ds: tf.data.Dataset, *, train: bool,
+                  batch_dims: Sequence[int], canvas: Sequence[int],
+                  min_size: int, max_size: int, max_instances: int,
+                  gt_mask_size: int,
+                  mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD,
+                  flip_prob: float = 0.5, seed: int = 0,
+                  shuffle_buffer: int = 512, repeat: bool | None = None,
+                  drop_remainder: bool = True, prefetch: int = 2,
+                  cache: bool = False,
+                  num_parallel_calls: int | None = None) -> tf.data.Dataset:
+  """Examples -> batches of static shape with leading dims `batch_dims`.
+
+  Args:
+    ds: examples in the input layout (module docstring), e.g. from
+      ``shapes.load_shapes(split, data_dir, decode=False)``.
+    train: shuffle (``shuffle_buffer``, seeded) and flip (``flip_prob``);
+      otherwise neither.
+    batch_dims: leading dims of every output, e.g. ``(devices, per_device)``;
+      their product is the number of examples per batch.
+    canvas: (Hc, Wc) every image is padded to; must hold the resized images.
+    min_size, max_size: resize rule (module docstring).
+    max_instances: N, ground truth per image after padding / dropping.
+    gt_mask_size: S of the cropped mask targets.
+    mean, std: per-channel normalisation of the [0, 1] RGB image.
+    flip_prob: probability of a horizontal flip (training only).
+    seed: seeds the shuffle and the flips.
+    shuffle_buffer: examples in the shuffle buffer (training only).
+    repeat: repeat forever; defaults to `train`.
+    drop_remainder: drop a final partial batch; if False it is filled with
+      blank examples whose ``image_id`` is -1 (so every batch has the same
+      shape) -- skip those when evaluating.
+    prefetch: batches to prefetch (0 for none).
+    cache: cache the input examples in memory after the first pass.
+    num_parallel_calls: parallelism of the per-example map (AUTOTUNE).
+
+  Returns:
+    A ``tf.data.Dataset`` of batch dicts (module docstring), deterministic
+    for a given `seed`.
+  """
+  batch_dims = tuple(int(d) for d in batch_dims)
+  if not batch_dims or any(d < 1 for d in batch_dims):
+    raise ValueError(f"make_pipeline: batch_dims must be positive ints, got "
+                     f"{batch_dims}")
+  canvas = tuple(int(c) for c in canvas)
+  if len(canvas) != 2 or min(canvas) < 1:
+    raise ValueError(f"make_pipeline: canvas must be (H, W), got {canvas}")
+  if not 0 < min_size <= max_size:
+    raise ValueError(f"make_pipeline: need 0 < min_size <= max_size, got "
+                     f"{min_size}, {max_size}")
+  if max_instances < 1 or gt_mask_size < 1:
+    raise ValueError("make_pipeline: max_instances and gt_mask_size must be "
+                     f">= 1, got {max_instances}, {gt_mask_size}")
+  if not 0.0 <= flip_prob <= 1.0:
+    raise ValueError(f"make_pipeline: flip_prob must be in [0, 1], got "
+                     f"{flip_prob}")
+  if len(mean) != 3 or len(std) != 3:
+    raise ValueError("make_pipeline: mean and std need 3 values (RGB)")
+  if repeat is None:
+    repeat = train
+  batch_size = int(np.prod(batch_dims))
+  parallel = tf.data.AUTOTUNE if num_parallel_calls is None else (
+      num_parallel_calls)
+
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options)
+  if cache:
+    ds = ds.cache()
+  if train and shuffle_buffer > 1:
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds.enumerate()
+
+  def transform(index, example):
+    if train and flip_prob > 0.0:
+      key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+      flip = tf.random.stateless_uniform([], seed=key) < flip_prob
+    else:
+      flip = False
+    return preprocess_example(
+        example, flip=flip, canvas=canvas, min_size=min_size,
+        max_size=max_size, max_instances=max_instances,
+        gt_mask_size=gt_mask_size, mean=mean, std=std)
+
+  ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder,
+                num_parallel_calls=parallel, deterministic=True)
+  if not drop_remainder:
+    filler = _padding_example(canvas, max_instances, gt_mask_size)
+
+    def fill(batch):
+      missing = batch_size - tf.shape(batch["image_id"])[0]
+      out = {}
+      for key, value in batch.items():
+        pad = tf.repeat(filler[key][None], missing, axis=0)
+        out[key] = tf.concat([value, pad], axis=0)
+        out[key].set_shape([batch_size] + value.shape[1:].as_list())
+      return out
+
+    ds = ds.map(fill)
+
+  def reshape(batch):
+    return {key: tf.reshape(value, batch_dims + tuple(value.shape[1:]))
+            for key, value in batch.items()}
+
+  ds = ds.map(reshape)
+  if prefetch:
+    ds = ds.prefetch(prefetch)
+  return ds
+
+
+def numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates a pipeline's batches as dicts of numpy arrays."""
+  yield from ds.as_numpy_iterator()
+
+
+def measure_throughput(iterator: Iterable[dict[str, Any]], num_batches: int,
+                       warmup_batches: int = 1) -> float:
+  """Images per second pulled from `iterator` over `num_batches` batches.
+
+  The first `warmup_batches` (graph building, buffer filling) are not timed.
+  Images per batch are read from ``batch["image"]`` (all leading dims).
+  """
+  iterator = iter(iterator)
+  for _ in range(warmup_batches):
+    next(iterator)
+  images = 0
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    batch = next(iterator)
+    images += int(np.prod(np.shape(batch["image"])[:-3]))
+  elapsed = time.perf_counter() - start
+  return images / elapsed

@@ -1,0 +1,459 @@
+"""The built-in synthetic "shapes" instance-segmentation dataset.
+
+A TFDS builder, ``mrcnn_shapes`` (version 1.0.0), that draws its examples
+with numpy from a seed: nothing is downloaded, and the same seed always gives
+the same bytes. It is small enough to prepare in seconds and hard enough that
+a detector has to learn boxes, classes and masks, which makes it the dataset
+for smoke tests, tutorials and end-to-end checks of training and evaluation.
+
+Each example:
+
+* ``image``: RGB uint8, height and width drawn independently from
+  [128, 256]. The background is a random colour gradient plus gaussian
+  noise, sometimes with stripes.
+* 1 to 6 objects, each a ``square``, ``circle`` or ``triangle``
+  (:data:`CLASS_NAMES`) of random size (16 to 96 px), colour and position,
+  fully inside the image. Objects are painted in order, so later ones occlude
+  earlier ones; each instance mask is the part that stays visible, so masks
+  of one image are disjoint. An object left with fewer than 30 visible pixels
+  is dropped from the annotations (its few pixels stay in the image); the
+  per-example count is stored in ``num_occluded`` and the per-split total is
+  logged. Every example keeps at least one object, so no mask is empty.
+
+Features (as TFDS decodes them):
+
+=====================  =========================================================
+``image``              uint8 [H, W, 3] (PNG)
+``image_id``           int64, 1..N within each split
+``num_occluded``       int64, objects dropped for too small a visible area
+``objects/bbox``       float32 [n, 4], TFDS ``BBox``: normalised
+                       ``(ymin, xmin, ymax, xmax)``; the tight box of the
+                       visible mask in continuous pixel coordinates, i.e.
+                       pixel rows r0..r1 give ymin = r0 / H, ymax = (r1 + 1) / H
+``objects/label``      int64 [n], 0-based index into :data:`CLASS_NAMES`
+                       (the pipeline adds 1; 0 is background there)
+``objects/mask``       uint8 [n, H, W, 1], values 0/1 (one PNG per instance)
+``objects/area``       int64 [n], visible pixels of the mask
+=====================  =========================================================
+
+Splits ``train`` (2000 examples) and ``validation`` (200) by default; other
+sizes and seeds get their own builder config (see :func:`shapes_config`), so
+tests can prepare a tiny copy in a temporary directory::
+
+    ds = load_shapes("train", data_dir, num_train=8, num_validation=4)
+    gt = shapes_coco_gt(data_dir, "validation", num_train=8, num_validation=4)
+"""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import io
+import json
+import logging
+import os
+import struct
+from typing import Any, Iterator
+
+from etils import epath
+import numpy as np
+from PIL import Image as PILImage
+from pycocotools import mask as mask_utils
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mrcnn_jax.data import hide_accelerators_from_tf
+
+hide_accelerators_from_tf()
+
+CLASS_NAMES = ("square", "circle", "triangle")
+
+DEFAULT_NUM_TRAIN = 2000
+DEFAULT_NUM_VALIDATION = 200
+DEFAULT_SEED = 0
+
+_SPLIT_CODES = {"train": 0, "validation": 1}
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------
+# Drawing (numpy only).
+# ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DrawParams:
+  """What one generated example looks like (all sizes in pixels)."""
+
+  min_image_size: int = 128
+  max_image_size: int = 256
+  max_objects: int = 6
+  min_object_size: int = 16
+  max_object_size: int = 96
+  min_visible_area: int = 30
+  stripes_prob: float = 0.3
+
+
+def _shape_inside(label: int, size: int, cy: float, cx: float,
+                  ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+  """Which pixel centres (ys [h, 1], xs [1, w]) lie inside the shape."""
+  half = size / 2.0
+  if label == 0:  # square, axis-aligned, side `size`
+    return (np.abs(ys - cy) <= half) & (np.abs(xs - cx) <= half)
+  if label == 1:  # circle, diameter `size`
+    return (ys - cy) ** 2 + (xs - cx) ** 2 <= half * half
+  # triangle: upright isosceles, apex at the top, base and height `size`
+  top = cy - half
+  return (ys >= top) & (ys <= cy + half) & (np.abs(xs - cx) <= (ys - top) / 2.0)
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+  h, s, v = rng.uniform(0.0, 1.0), rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0)
+  return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32) * 255.0
+
+
+def _background(rng: np.random.Generator, h: int, w: int,
+                params: DrawParams) -> np.ndarray:
+  """Random linear colour gradient, sometimes with stripes; float32 [h, w, 3]."""
+  c0 = rng.uniform(20.0, 235.0, size=3).astype(np.float32)
+  c1 = np.clip(c0 + rng.uniform(-70.0, 70.0, size=3), 0, 255).astype(np.float32)
+  theta = rng.uniform(0.0, 2 * np.pi)
+  ys = np.arange(h, dtype=np.float32)[:, None] / max(h - 1, 1)
+  xs = np.arange(w, dtype=np.float32)[None, :] / max(w - 1, 1)
+  t = xs * np.cos(theta) + ys * np.sin(theta)
+  t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+  image = c0 + t[..., None] * (c1 - c0)
+  if rng.uniform() < params.stripes_prob:
+    period = rng.uniform(6.0, 24.0)
+    phi = rng.uniform(0.0, np.pi)
+    amplitude = rng.uniform(8.0, 30.0)
+    phase = (np.arange(w, dtype=np.float32)[None, :] * np.cos(phi)
+             + np.arange(h, dtype=np.float32)[:, None] * np.sin(phi))
+    stripes = np.sign(np.sin(2 * np.pi * phase / period)).astype(np.float32)
+    image = image + amplitude * stripes[..., None]
+  return image
+
+
+def draw_example(rng: np.random.Generator,
+                 params: DrawParams = DrawParams()) -> dict[str, Any]:
+  """Draws one example.
+
+  Returns a dict with ``image`` uint8 [H, W, 3], ``masks`` bool [n, H, W]
+  (visible parts, disjoint, each with at least ``min_visible_area`` pixels),
+  ``labels`` int64 [n] (0-based into CLASS_NAMES) and ``num_occluded`` (objects
+  drawn but dropped for too small a visible area). ``n >= 1``: if occlusion
+  leaves no object, the example is drawn again from the same generator.
+  """
+  while True:
+    h, w = (int(v) for v in rng.integers(
+        params.min_image_size, params.max_image_size + 1, size=2))
+    image = _background(rng, h, w, params)
+    bg_mean = image.reshape(-1, 3).mean(axis=0)
+    owner = np.zeros((h, w), np.int16)  # 1 + index of the visible object
+    num_objects = int(rng.integers(1, params.max_objects + 1))
+    labels = []
+    for i in range(num_objects):
+      label = int(rng.integers(0, len(CLASS_NAMES)))
+      size = int(rng.integers(params.min_object_size,
+                              min(params.max_object_size, h, w) + 1))
+      half = size / 2.0
+      cy = rng.uniform(half, h - half)
+      cx = rng.uniform(half, w - half)
+      colour = _random_colour(rng)
+      for _ in range(8):  # keep the object visible against the background
+        if np.abs(colour - bg_mean).mean() > 40.0:
+          break
+        colour = _random_colour(rng)
+      y0, y1 = max(int(np.floor(cy - half)), 0), min(int(np.ceil(cy + half)), h)
+      x0, x1 = max(int(np.floor(cx - half)), 0), min(int(np.ceil(cx + half)), w)
+      ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5
+      xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5
+      inside = _shape_inside(label, size, cy, cx, ys, xs)
+      image[y0:y1, x0:x1][inside] = colour
+      owner[y0:y1, x0:x1][inside] = i + 1
+      labels.append(label)
+
+    noise_std = rng.uniform(2.0, 10.0)
+    image = image + noise_std * rng.standard_normal((h, w, 3), dtype=np.float32)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+    masks, kept_labels, num_occluded = [], [], 0
+    for i, label in enumerate(labels):
+      visible = owner == i + 1
+      if int(visible.sum()) < params.min_visible_area:
+        num_occluded += 1
+        continue
+      masks.append(visible)
+      kept_labels.append(label)
+    if masks:
+      return {
+          "image": image,
+          "masks": np.stack(masks),
+          "labels": np.asarray(kept_labels, np.int64),
+          "num_occluded": num_occluded,
+      }
+
+
+def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  """The generator of example `index` of `split`: examples are independent."""
+  return np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index)])
+
+
+def _png(array: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  # compress_level 1: noisy images barely compress anyway, and it is ~5x faster.
+  PILImage.fromarray(array).save(buf, format="PNG", compress_level=1)
+  return buf.getvalue()
+
+
+def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+  """(y0, x0, y1, x1) of a non-empty bool mask, continuous pixel coordinates."""
+  rows = np.flatnonzero(mask.any(axis=1))
+  cols = np.flatnonzero(mask.any(axis=0))
+  return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+# ------------------------------------------------------------------------------
+# TFDS builder.
+# ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class ShapesConfig(tfds.core.BuilderConfig):
+  """Sizes and seed of a ``mrcnn_shapes`` variant; see :func:`shapes_config`."""
+
+  num_train: int = DEFAULT_NUM_TRAIN
+  num_validation: int = DEFAULT_NUM_VALIDATION
+  seed: int = DEFAULT_SEED
+
+
+_DEFAULT_CONFIG = ShapesConfig(
+    name="default",
+    description=(f"{DEFAULT_NUM_TRAIN} train / {DEFAULT_NUM_VALIDATION} "
+                 f"validation examples, seed {DEFAULT_SEED}."))
+
+
+def shapes_config(num_train: int = DEFAULT_NUM_TRAIN,
+                  num_validation: int = DEFAULT_NUM_VALIDATION,
+                  seed: int = DEFAULT_SEED) -> ShapesConfig:
+  """The builder config for these sizes and seed.
+
+  The defaults return the registered ``default`` config; anything else gets a
+  config named ``train{N}_val{M}_seed{S}`` (its own directory in data_dir).
+  """
+  for name, value in (("num_train", num_train),
+                      ("num_validation", num_validation), ("seed", seed)):
+    if int(value) != value or value < 0:
+      raise ValueError(f"shapes_config: {name} must be an integer >= 0, "
+                       f"got {value!r}")
+  if (num_train, num_validation, seed) == (
+      DEFAULT_NUM_TRAIN, DEFAULT_NUM_VALIDATION, DEFAULT_SEED):
+    return _DEFAULT_CONFIG
+  return ShapesConfig(
+      name=f"train{num_train}_val{num_validation}_seed{seed}",
+      description=(f"{num_train} train / {num_validation} validation "
+                   f"examples, seed {seed}."),
+      num_train=int(num_train), num_validation=int(num_validation),
+      seed=int(seed))
+
+
+class MrcnnShapes(tfds.core.GeneratorBasedBuilder):
+  """Synthetic squares, circles and triangles with instance masks."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [_DEFAULT_CONFIG]
+  DEFAULT_CONFIG_NAME = "default"
+
+  # TFDS 4.9.x finds a builder's source through `importlib_resources`, which
+  # is not always installed (ModuleNotFoundError in download_and_prepare);
+  # name the file directly instead.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=__doc__.split("\n\n")[1],
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(
+                shape=(None, None, 3), dtype=np.uint8, encoding_format="png"),
+            "image_id": tfds.features.Scalar(dtype=np.int64),
+            "num_occluded": tfds.features.Scalar(dtype=np.int64),
+            "objects": tfds.features.Sequence({
+                "bbox": tfds.features.BBoxFeature(),
+                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                "mask": tfds.features.Image(
+                    shape=(None, None, 1), dtype=np.uint8,
+                    encoding_format="png"),
+                "area": tfds.features.Scalar(dtype=np.int64),
+            }),
+        }),
+        supervised_keys=None,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    cfg = self.builder_config
+    return {
+        "train": self._generate_examples("train", cfg.num_train),
+        "validation": self._generate_examples("validation", cfg.num_validation),
+    }
+
+  def _generate_examples(self, split: str, num_examples: int):
+    seed = self.builder_config.seed
+    total_occluded = 0
+    for index in range(num_examples):
+      ex = draw_example(example_rng(seed, split, index))
+      total_occluded += ex["num_occluded"]
+      h, w = ex["image"].shape[:2]
+      objects = []
+      for mask, label in zip(ex["masks"], ex["labels"]):
+        y0, x0, y1, x1 = _tight_box(mask)
+        objects.append({
+            "bbox": tfds.features.BBox(ymin=y0 / h, xmin=x0 / w,
+                                       ymax=y1 / h, xmax=x1 / w),
+            "label": int(label),
+            "mask": _png(mask.astype(np.uint8)),  # decodes to [H, W, 1]
+            "area": int(mask.sum()),
+        })
+      yield index, {
+          "image": _png(ex["image"]),
+          "image_id": index + 1,
+          "num_occluded": ex["num_occluded"],
+          "objects": objects,
+      }
+    log.info("mrcnn_shapes/%s: %d examples; dropped %d objects whose visible "
+             "area fell under the minimum.", split, num_examples,
+             total_occluded)
+
+
+# ------------------------------------------------------------------------------
+# Loading.
+# ------------------------------------------------------------------------------
+
+
+def shapes_builder(data_dir: str | os.PathLike | None = None, *,
+                   num_train: int = DEFAULT_NUM_TRAIN,
+                   num_validation: int = DEFAULT_NUM_VALIDATION,
+                   seed: int = DEFAULT_SEED,
+                   prepare: bool = True) -> MrcnnShapes:
+  """The ``mrcnn_shapes`` builder, prepared into `data_dir` unless it is.
+
+  `data_dir` None means TFDS's default (``~/tensorflow_datasets`` or
+  ``$TFDS_DATA_DIR``). Preparation downloads nothing.
+  """
+  builder = MrcnnShapes(
+      data_dir=None if data_dir is None else os.fspath(data_dir),
+      config=shapes_config(num_train, num_validation, seed))
+  if prepare:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            try_download_gcs=False,
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  return builder
+
+
+def load_shapes(split: str = "train",
+                data_dir: str | os.PathLike | None = None, *,
+                num_train: int = DEFAULT_NUM_TRAIN,
+                num_validation: int = DEFAULT_NUM_VALIDATION,
+                seed: int = DEFAULT_SEED,
+                decode: bool = True,
+                shuffle_files: bool = False,
+                read_config: tfds.ReadConfig | None = None) -> tf.data.Dataset:
+  """The examples of `split` ("train" or "validation") as tf.data.
+
+  Prepares the dataset into `data_dir` on first use (seconds). With
+  `decode` False, ``image`` and ``objects/mask`` stay PNG bytes (tf.string);
+  the pipeline decodes them after shuffling, which keeps its shuffle buffer
+  small. The stream is in a fixed order unless `shuffle_files`; shuffle in
+  the pipeline instead.
+  """
+  if split not in _SPLIT_CODES:
+    raise ValueError(f"load_shapes: unknown split {split!r}; expected one of "
+                     f"{sorted(_SPLIT_CODES)}")
+  builder = shapes_builder(data_dir, num_train=num_train,
+                           num_validation=num_validation, seed=seed)
+  decoders = None if decode else {
+      "image": tfds.decode.SkipDecoding(),
+      "objects": {"mask": tfds.decode.SkipDecoding()},
+  }
+  return builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                            read_config=read_config, decoders=decoders)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+  """(height, width) from a PNG's IHDR chunk, without decoding it."""
+  if data[:8] != b"\x89PNG\r\n\x1a\n":
+    raise ValueError("mrcnn_shapes: 'image' is not a PNG")
+  width, height = struct.unpack(">II", data[16:24])
+  return int(height), int(width)
+
+
+def _iter_numpy(builder: MrcnnShapes, split: str) -> Iterator[dict[str, Any]]:
+  ds = builder.as_dataset(
+      split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  yield from tfds.as_numpy(ds)
+
+
+def shapes_coco_gt(data_dir: str | os.PathLike | None = None,
+                   split: str = "validation", *,
+                   num_train: int = DEFAULT_NUM_TRAIN,
+                   num_validation: int = DEFAULT_NUM_VALIDATION,
+                   seed: int = DEFAULT_SEED) -> dict[str, Any]:
+  """The ground truth of `split` as a COCO-format dict (for pycocotools).
+
+  ``images``: id (= image_id), height, width, file_name; ``annotations``: id
+  (1..), image_id, category_id (1..3, CLASS_NAMES order), bbox ``[x, y, w, h]``
+  in original pixels (the tight box of the mask), area (mask pixels),
+  iscrowd 0, segmentation as compressed RLE with ``counts`` a str;
+  ``categories``: id, name, supercategory. Prepares the dataset if needed.
+  """
+  if split not in _SPLIT_CODES:
+    raise ValueError(f"shapes_coco_gt: unknown split {split!r}; expected one "
+                     f"of {sorted(_SPLIT_CODES)}")
+  builder = shapes_builder(data_dir, num_train=num_train,
+                           num_validation=num_validation, seed=seed)
+  images, annotations = [], []
+  for ex in sorted(_iter_numpy(builder, split), key=lambda e: e["image_id"]):
+    image_id = int(ex["image_id"])
+    h, w = _png_size(ex["image"])
+    masks = ex["objects"]["mask"][..., 0] > 0  # [n, H, W]
+    images.append({"id": image_id, "height": int(h), "width": int(w),
+                   "file_name": f"{split}/{image_id:06d}.png"})
+    for mask, label in zip(masks, ex["objects"]["label"]):
+      y0, x0, y1, x1 = _tight_box(mask)
+      rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+      rle["counts"] = rle["counts"].decode("ascii")
+      annotations.append({
+          "id": len(annotations) + 1,
+          "image_id": image_id,
+          "category_id": int(label) + 1,
+          "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+          "area": float(mask.sum()),
+          "iscrowd": 0,
+          "segmentation": rle,
+      })
+  return {
+      "info": {"description": f"mrcnn_shapes/{builder.builder_config.name} "
+                              f"{builder.version} {split}"},
+      "images": images,
+      "annotations": annotations,
+      "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
+                     for i, name in enumerate(CLASS_NAMES)],
+  }
+
+
+def write_coco_gt(path: str | os.PathLike,
+                  data_dir: str | os.PathLike | None = None,
+                  split: str = "validation", **config_kwargs) -> str:
+  """Writes :func:`shapes_coco_gt` as JSON to `path`; returns the path."""
+  gt = shapes_coco_gt(data_dir, split, **config_kwargs)
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(gt, f)
+  return path

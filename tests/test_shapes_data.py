@@ -1,0 +1,123 @@
+"""Tests for the synthetic shapes dataset (mrcnn_jax/data/shapes.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+# Accelerator machines often have JAX but no TensorFlow: skip there.
+pytest.importorskip("tensorflow")
+pytest.importorskip("tensorflow_datasets")
+
+from mrcnn_jax.data import shapes  # pylint: disable=g-import-not-at-top
+
+TINY = dict(num_train=8, num_validation=4)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  shapes.shapes_builder(path, **TINY)
+  return path
+
+
+def _examples(data_dir, split):
+  ds = shapes.load_shapes(split, data_dir, **TINY)
+  return sorted(ds.as_numpy_iterator(), key=lambda e: e["image_id"])
+
+
+def test_draw_example_is_deterministic_and_well_formed():
+  occluded = 0
+  for index in range(40):
+    a = shapes.draw_example(shapes.example_rng(0, "train", index))
+    b = shapes.draw_example(shapes.example_rng(0, "train", index))
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["masks"], b["masks"])
+    h, w, c = a["image"].shape
+    assert 128 <= h <= 256 and 128 <= w <= 256 and c == 3
+    assert a["image"].dtype == np.uint8
+    n = len(a["labels"])
+    assert 1 <= n <= 6 and a["masks"].shape == (n, h, w)
+    assert set(a["labels"].tolist()) <= {0, 1, 2}
+    # Occlusion leaves disjoint visible parts, each above the minimum area.
+    assert a["masks"].sum(axis=0).max() <= 1
+    assert a["masks"].sum(axis=(1, 2)).min() >= 30
+    occluded += a["num_occluded"]
+  other = shapes.draw_example(shapes.example_rng(0, "validation", 0))
+  first = shapes.draw_example(shapes.example_rng(0, "train", 0))
+  assert other["image"].shape != first["image"].shape or not np.array_equal(
+      other["image"], first["image"])
+  # Some objects do get hidden, and they are counted, not silently lost.
+  assert occluded > 0
+
+
+def test_config_names_and_validation():
+  assert shapes.shapes_config().name == "default"
+  assert shapes.shapes_config(8, 4, 3).name == "train8_val4_seed3"
+  with pytest.raises(ValueError, match="num_train"):
+    shapes.shapes_config(num_train=-1)
+
+
+def test_prepared_dataset_is_deterministic(data_dir, tmp_path):
+  again = tmp_path / "again"
+  first = _examples(data_dir, "train")
+  second = _examples(again, "train")
+  assert len(first) == 8 and len(second) == 8
+  for a, b in zip(first, second):
+    assert a["image_id"] == b["image_id"]
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["objects"]["mask"], b["objects"]["mask"])
+    np.testing.assert_array_equal(a["objects"]["bbox"], b["objects"]["bbox"])
+    np.testing.assert_array_equal(a["objects"]["label"],
+                                  b["objects"]["label"])
+  val = _examples(data_dir, "validation")
+  assert len(val) == 4
+  assert [e["image_id"] for e in val] == [1, 2, 3, 4]
+  assert not np.array_equal(val[0]["objects"]["bbox"],
+                            first[0]["objects"]["bbox"])
+
+
+def test_masks_boxes_and_areas_agree(data_dir):
+  for ex in _examples(data_dir, "train") + _examples(data_dir, "validation"):
+    image = ex["image"]
+    h, w = image.shape[:2]
+    objects = ex["objects"]
+    masks = objects["mask"][..., 0]
+    n = len(objects["label"])
+    assert n >= 1 and masks.shape == (n, h, w)
+    assert set(np.unique(masks).tolist()) <= {0, 1}
+    assert masks.sum(axis=0).max() <= 1  # occlusion -> disjoint
+    for mask, bbox, area in zip(masks, objects["bbox"], objects["area"]):
+      assert mask.sum() == area >= 30
+      rows = np.flatnonzero(mask.any(axis=1))
+      cols = np.flatnonzero(mask.any(axis=0))
+      tight = np.array([rows[0] / h, cols[0] / w,
+                        (rows[-1] + 1) / h, (cols[-1] + 1) / w])
+      np.testing.assert_allclose(bbox, tight, atol=1e-6)
+
+
+def test_coco_gt_loads_into_pycocotools(data_dir, tmp_path):
+  from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
+
+  gt = shapes.shapes_coco_gt(data_dir, "validation", **TINY)
+  path = shapes.write_coco_gt(tmp_path / "gt" / "val.json", data_dir,
+                              "validation", **TINY)
+  with open(path) as f:
+    assert json.load(f) == gt
+  coco = COCO(path)
+  assert sorted(coco.getImgIds()) == [1, 2, 3, 4]
+  assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(
+      shapes.CLASS_NAMES)
+  examples = {int(e["image_id"]): e for e in _examples(data_dir, "validation")}
+  for image_id, ex in examples.items():
+    img = coco.loadImgs(image_id)[0]
+    assert (img["height"], img["width"]) == ex["image"].shape[:2]
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+    assert len(anns) == len(ex["objects"]["label"])
+    for ann, mask, label in zip(anns, ex["objects"]["mask"][..., 0],
+                                ex["objects"]["label"]):
+      assert ann["category_id"] == label + 1 and ann["iscrowd"] == 0
+      assert isinstance(ann["segmentation"]["counts"], str)
+      np.testing.assert_array_equal(coco.annToMask(ann), mask)
+      x, y, bw, bh = ann["bbox"]
+      assert mask[int(y):int(y + bh), int(x):int(x + bw)].sum() == ann["area"]
