@@ -23,6 +23,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.width_per_group = 64
   m.backbone_norm = "frozen_bn"
   m.freeze_at = 2
+  m.backbone_width = 64
 
   m.fpn_channels = 256
   m.fpn_norm = None
@@ -66,6 +67,16 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.mask_deconv_dim = 256
   m.mask_head_norm = None
   m.mask_class_agnostic = False
+
+  # Training targets (torchvision / Detectron2 defaults).
+  m.rpn_fg_iou = 0.7
+  m.rpn_bg_iou = 0.3
+  m.rpn_batch_per_image = 256
+  m.rpn_positive_fraction = 0.5
+  m.roi_fg_iou = 0.5
+  m.roi_bg_iou = 0.5
+  m.roi_batch_per_image = 512
+  m.roi_positive_fraction = 0.25
 
   m.dtype = "float32"
   return m

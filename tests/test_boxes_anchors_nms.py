@@ -103,3 +103,9 @@ def test_paste_masks_degenerate():
   out = np.asarray(paste_masks(m, boxes, (60, 80)))
   assert out.shape == (3, 60, 80) and np.isfinite(out).all()
   assert out[1].sum() == 0.0
+
+
+def test_paste_masks_numpy_matches(tv_ref):
+  from mrcnn_jax.ops.masks import paste_masks_numpy
+  out = paste_masks_numpy(tv_ref["paste/masks"], tv_ref["paste/boxes"], (60, 80), threshold=None)
+  np.testing.assert_allclose(out, tv_ref["paste/out"], atol=1e-5)

@@ -9,11 +9,12 @@ Submodules:
   shapes    the built-in synthetic "shapes" instance-segmentation dataset
             (TFDS builder ``mrcnn_shapes``), plus its COCO-format ground truth.
   pipeline  tf.data pipeline: TFDS-style examples -> static-shape numpy batches.
+  datasets  config -> train / eval iterators and COCO ground truth.
 """
 
 import importlib
 
-_SUBMODULES = ("shapes", "pipeline")
+_SUBMODULES = ("shapes", "pipeline", "datasets")
 
 
 def hide_accelerators_from_tf() -> None:

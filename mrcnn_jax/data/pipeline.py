@@ -319,6 +319,7 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
                   std: Sequence[float] = IMAGENET_STD,
                   flip_prob: float = 0.5, seed: int = 0,
                   shuffle_buffer: int = 512, repeat: bool | None = None,
+                  skip_examples: int = 0,
                   drop_remainder: bool = True, prefetch: int = 2,
                   cache: bool = False,
                   num_parallel_calls: int | None = None) -> tf.data.Dataset:
@@ -340,6 +341,8 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
     seed: seeds the shuffle and the flips.
     shuffle_buffer: examples in the shuffle buffer (training only).
     repeat: repeat forever; defaults to `train`.
+    skip_examples: examples of the (shuffled, repeated) stream to skip, to
+      resume training where a checkpoint left off.
     drop_remainder: drop a final partial batch; if False it is filled with
       blank examples whose ``image_id`` is -1 (so every batch has the same
       shape) -- skip those when evaluating.
@@ -384,7 +387,12 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = ds.enumerate()
+  if skip_examples:
+    # Resuming: the stream is deterministic for a seed, so dropping the
+    # examples already consumed (before any decoding work of ours) puts the
+    # pipeline back where it was; enumerate from there so flips match too.
+    ds = ds.skip(skip_examples)
+  ds = ds.enumerate(start=skip_examples)
 
   def transform(index, example):
     if train and flip_prob > 0.0:

@@ -29,6 +29,7 @@ from mrcnn_jax.model.heads import BoxHead, BoxPredictor, MaskHead, RPNHead
 from mrcnn_jax.model.resnet import ResNet
 from mrcnn_jax.ops import anchors as anchor_ops
 from mrcnn_jax.ops import postprocess
+from mrcnn_jax.ops import targets as target_ops
 from mrcnn_jax.ops.roi_align import multilevel_roi_align
 
 SIZE_DIVISIBILITY = 32
@@ -63,6 +64,7 @@ class MaskRCNN(nn.Module):
   width_per_group: int = 64
   backbone_norm: Optional[str] = "frozen_bn"
   freeze_at: int = 2
+  backbone_width: int = 64
   # fpn
   fpn_channels: int = 256
   fpn_norm: Optional[str] = None
@@ -101,6 +103,15 @@ class MaskRCNN(nn.Module):
   mask_deconv_dim: int = 256
   mask_head_norm: Optional[str] = None
   mask_class_agnostic: bool = False
+  # training targets
+  rpn_fg_iou: float = 0.7
+  rpn_bg_iou: float = 0.3
+  rpn_batch_per_image: int = 256
+  rpn_positive_fraction: float = 0.5
+  roi_fg_iou: float = 0.5
+  roi_bg_iou: float = 0.5
+  roi_batch_per_image: int = 512
+  roi_positive_fraction: float = 0.25
   # numerics
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
@@ -108,7 +119,8 @@ class MaskRCNN(nn.Module):
   def setup(self):
     self.backbone = ResNet(depth=self.depth, groups=self.groups,
                            width_per_group=self.width_per_group, norm=self.backbone_norm,
-                           freeze_at=self.freeze_at, dtype=self.dtype,
+                           freeze_at=self.freeze_at, width=self.backbone_width,
+                           dtype=self.dtype,
                            axis_name=self.axis_name)
     self.fpn = FPN(channels=self.fpn_channels, norm=self.fpn_norm, dtype=self.dtype)
     num_anchors = anchor_ops.num_anchors_per_location(self.anchor_sizes[0],
@@ -201,3 +213,67 @@ class MaskRCNN(nn.Module):
     dets["proposals"] = props["boxes"]
     dets["proposals_valid"] = props["valid"]
     return dets
+
+  # ---- training --------------------------------------------------------------
+
+  def train_outputs(self, images, image_sizes, gt_boxes, gt_labels, gt_valid, gt_masks,
+                    rng, image_index=None):
+    """Forward pass for training: head outputs next to their targets.
+
+    Args:
+      images [B, H, W, 3]; image_sizes [B, 2]; gt_boxes [B, G, 4] xyxy;
+      gt_labels [B, G] (1..K-1); gt_valid [B, G]; gt_masks [B, G, S, S] (each
+      mask cropped to its box, see ``ops.targets.mask_targets``); rng a PRNG
+      key; image_index [B] int, a global index of each image used to derive
+      its sampling key, so that splitting a batch over devices samples the
+      same anchors and RoIs as one device would.
+
+    Returns a dict of arrays that ``train.compute_losses`` turns into the
+    named losses.
+    """
+    check_inputs(images, image_sizes)
+    canvas = tuple(images.shape[1:3])
+    b = images.shape[0]
+    image_sizes = jnp.asarray(image_sizes, jnp.float32)
+    if image_index is None:
+      image_index = jnp.arange(b)
+    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), 2))(image_index)
+    feats = self.features(images, train=True)
+    objectness, deltas = self.rpn(feats)
+    anchors = jnp.concatenate([jnp.asarray(a) for a in self.anchors(canvas, feats)], axis=0)
+    rpn_t = jax.vmap(lambda g, v, k: target_ops.rpn_targets(
+        anchors, g, v, k, fg_threshold=self.rpn_fg_iou, bg_threshold=self.rpn_bg_iou,
+        num_samples=self.rpn_batch_per_image,
+        positive_fraction=self.rpn_positive_fraction))(gt_boxes, gt_valid, keys[:, 0])
+    props = self.proposals(feats, canvas, image_sizes, objectness, deltas, train=True)
+    roi_t = jax.vmap(lambda p, pv, g, l, v, k: target_ops.roi_targets(
+        p, pv, g, l, v, k, num_samples=self.roi_batch_per_image,
+        positive_fraction=self.roi_positive_fraction, fg_threshold=self.roi_fg_iou,
+        bg_threshold=self.roi_bg_iou, bbox_reg_weights=tuple(self.bbox_reg_weights)))(
+            props["boxes"], props["valid"], gt_boxes, gt_labels, gt_valid, keys[:, 1])
+    class_logits, box_deltas = self.box_outputs(feats, roi_t["boxes"], canvas)
+    # Positives come first in the sample, so the mask head only needs the
+    # first R * positive_fraction slots.
+    rm = max(1, int(self.roi_batch_per_image * self.roi_positive_fraction))
+    mask_rois = roi_t["boxes"][:, :rm]
+    mask_logits = self.mask_outputs(feats, mask_rois, canvas)
+    m = mask_logits.shape[2]
+    mask_t = jax.vmap(lambda r, i, g, gm: target_ops.mask_targets(r, i, g, gm, m))(
+        mask_rois, roi_t["matched_idx"][:, :rm], gt_boxes, gt_masks)
+    return {
+        "rpn_objectness": jnp.concatenate(objectness, axis=1),
+        "rpn_deltas": jnp.concatenate(deltas, axis=1),
+        "rpn_target_labels": rpn_t["labels"],
+        "rpn_target_deltas": rpn_t["deltas"],
+        "class_logits": class_logits,
+        "box_deltas": box_deltas,
+        "roi_labels": roi_t["labels"],
+        "roi_target_deltas": roi_t["deltas"],
+        "roi_is_pos": roi_t["is_pos"],
+        "roi_valid": roi_t["valid"],
+        "mask_logits": mask_logits,
+        "mask_labels": roi_t["labels"][:, :rm],
+        "mask_targets": mask_t,
+        "mask_is_pos": roi_t["is_pos"][:, :rm] & roi_t["valid"][:, :rm],
+        "num_proposals": props["valid"].sum(axis=1),
+    }

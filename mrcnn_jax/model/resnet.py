@@ -89,6 +89,7 @@ class ResNet(nn.Module):
   width_per_group: int = 64
   norm: Optional[str] = "frozen_bn"
   freeze_at: int = 2
+  width: int = 64  # channels of the stem and of layer1's 3x3 convs; 64 is standard
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
 
@@ -99,14 +100,14 @@ class ResNet(nn.Module):
     norm = make_norm(self.norm, train=train, dtype=self.dtype, axis_name=self.axis_name)
     basic = self.depth < 50
     x = x.astype(self.dtype)
-    x = conv(64, 7, 2, dtype=self.dtype, name="conv1")(x)
+    x = conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
     outputs = []
     for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):
-      planes = 64 * 2 ** stage
+      planes = self.width * 2 ** stage
       for i in range(num_blocks):
         stride = 2 if (i == 0 and stage > 0) else 1
         in_ch = x.shape[-1]

@@ -1,0 +1,147 @@
+"""The ``mrcnn-jax`` command.
+
+  mrcnn-jax train    [--config experiments/shapes.py] [--workdir DIR] [--config.KEY=VALUE ...]
+  mrcnn-jax evaluate [--config ...] --workdir DIR [--config.KEY=VALUE ...]
+  mrcnn-jax convert  --checkpoint FILE.pth --output DIR [--kind maskrcnn|backbone]
+                     [--config experiments/mask_rcnn_r50_fpn.py]
+
+``train`` with no arguments trains the built-in shapes experiment into
+``./workdir/shapes`` and then evaluates it; running it again resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import logging
+import os
+import sys
+
+import ml_collections
+
+DEFAULT_CONFIG = "shapes.py"
+
+
+def _experiments_dir() -> str:
+  """``experiments/`` of the source checkout (the package is installed
+  editable from it) or the current directory's."""
+  here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+  return here if os.path.isdir(here) else os.path.join(os.getcwd(), "experiments")
+
+
+def load_config(path: str | None) -> ml_collections.ConfigDict:
+  """Imports a config file and calls its ``get_config()``."""
+  if path is None:
+    path = os.path.join(_experiments_dir(), DEFAULT_CONFIG)
+  if not os.path.isfile(path):
+    alt = os.path.join(_experiments_dir(), path)
+    if os.path.isfile(alt):
+      path = alt
+    else:
+      raise FileNotFoundError(f"config file not found: {path}")
+  directory = os.path.dirname(os.path.abspath(path))
+  if directory not in sys.path:  # configs import their base config
+    sys.path.insert(0, directory)
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError(f"config file {path} has no get_config()")
+  return module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
+  """``--config.a.b=value`` -> config.a.b = literal_eval(value) (strings
+  need no quotes). Unknown keys are an error."""
+  for item in overrides:
+    if not item.startswith("--config.") or "=" not in item:
+      raise ValueError(f"cannot parse override {item!r}; expected --config.KEY=VALUE")
+    key, raw = item[len("--config."):].split("=", 1)
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      if p not in node:
+        raise KeyError(f"--config.{key}: config has no field {p!r}")
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"--config.{key}: config has no field {leaf!r}")
+    if isinstance(node[leaf], float) and isinstance(value, int):
+      value = float(value)
+    node[leaf] = value
+  return config
+
+
+def _setup_logging():
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                      datefmt="%H:%M:%S")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cmd_train(args, overrides):
+  from mrcnn_jax import evaluate, train
+  config = apply_overrides(load_config(args.config), overrides)
+  workdir = args.workdir or os.path.join("workdir", os.path.splitext(
+      os.path.basename(args.config or DEFAULT_CONFIG))[0])
+  state = train.train(config, workdir)
+  if not args.no_eval:
+    metrics = evaluate.evaluate_workdir(config, workdir, state=state)
+    print({k: round(v, 2) for k, v in metrics.items()})
+  print(f"workdir: {os.path.abspath(workdir)}")
+
+
+def cmd_evaluate(args, overrides):
+  from mrcnn_jax import evaluate
+  config = apply_overrides(load_config(args.config), overrides)
+  metrics = evaluate.evaluate_workdir(config, args.workdir)
+  print({k: round(v, 2) for k, v in metrics.items()})
+
+
+def cmd_convert(args, overrides):
+  import jax
+  from mrcnn_jax import checkpoints
+  from mrcnn_jax.model import build_model, init_params
+  from mrcnn_jax.weights import load_torchvision_checkpoint
+  config = apply_overrides(load_config(args.config or "mask_rcnn_r50_fpn.py"), overrides)
+  model = build_model(config.model)
+  template = jax.device_get(init_params(model, jax.random.PRNGKey(0)))
+  variables = load_torchvision_checkpoint(args.checkpoint, template, kind=args.kind,
+                                          box_pool_size=config.model.box_pool_size)
+  checkpoints.save_variables(args.output, variables, config)
+  n = sum(x.size for x in jax.tree_util.tree_leaves(variables))
+  print(f"converted {args.checkpoint} ({args.kind}, {n:,} values) -> {os.path.abspath(args.output)}")
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog="mrcnn-jax", description="Mask R-CNN in JAX/Flax")
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("train", help="train (default: the built-in shapes experiment), then evaluate")
+  p.add_argument("--config", default=None, help="experiments/<name>.py (default: shapes.py)")
+  p.add_argument("--workdir", default=None, help="default: workdir/<config name>")
+  p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+  p.set_defaults(fn=cmd_train)
+  p = sub.add_parser("evaluate", help="evaluate the latest checkpoint of a workdir")
+  p.add_argument("--config", default=None)
+  p.add_argument("--workdir", required=True)
+  p.set_defaults(fn=cmd_evaluate)
+  p = sub.add_parser("convert", help="convert a torchvision .pth into mrcnn_jax variables")
+  p.add_argument("--checkpoint", required=True, help="torchvision state_dict (.pth)")
+  p.add_argument("--output", required=True, help="output directory (orbax)")
+  p.add_argument("--kind", choices=("maskrcnn", "backbone"), default="maskrcnn")
+  p.add_argument("--config", default=None, help="default: experiments/mask_rcnn_r50_fpn.py")
+  p.set_defaults(fn=cmd_convert)
+  overrides = [a for a in argv if a.startswith("--config.")]
+  args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+  _setup_logging()
+  args.fn(args, overrides)
+
+
+if __name__ == "__main__":
+  main()

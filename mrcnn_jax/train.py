@@ -1,0 +1,412 @@
+"""One readable trainer: state, update step, checkpoints, loop.
+
+Sections follow big_vision's layout: config -> devices -> input -> model and
+state -> update step -> checkpoints -> loop -> evaluation. Everything is an
+importable function, so a notebook can build a state, pull a batch and call
+``train_step`` directly.
+
+The update step is a pure function ``(state, batch, rng) -> (state,
+metrics)`` run under ``jax.pmap`` over all local devices (axis ``batch``),
+with gradients averaged by ``lax.pmean``. Batches are laid out
+[devices, per-device batch, ...].
+
+The model, the train step and the checkpoints do not need TensorFlow; only
+the input pipeline (``mrcnn_jax.data``) does, and it is imported lazily.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import traverse_util
+
+from mrcnn_jax.model import build_model, init_params
+from mrcnn_jax.ops import losses as loss_ops
+
+log = logging.getLogger("mrcnn_jax")
+
+LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
+
+
+# ============================================================================
+# Model and state
+# ============================================================================
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  nonfinite_streak: jnp.ndarray  # consecutive steps skipped for a NaN/inf loss
+
+
+def trainable_mask(params) -> Any:
+  """True for parameters the optimiser may change.
+
+  Frozen BatchNorm (its four tensors sit in ``params`` but are constants)
+  and backbone stages frozen by ``freeze_at`` (their gradients are cut by
+  ``stop_gradient``, so we also keep weight decay and momentum off them) are
+  excluded.
+  """
+  flat = traverse_util.flatten_dict(params)
+  frozen_bn_modules = {p[:-1] for p in flat if p[-1] in ("mean", "var")}
+  return traverse_util.unflatten_dict(
+      {p: p[:-1] not in frozen_bn_modules for p in flat})
+
+
+def _frozen_stage_mask(params, freeze_at: int) -> Any:
+  flat = traverse_util.flatten_dict(params)
+  frozen = set()
+  if freeze_at >= 1:
+    frozen |= {"conv1", "bn1"}
+  for s in range(1, freeze_at):
+    frozen |= {k for k in params.get("backbone", {}) if k.startswith(f"layer{s}_")}
+  return traverse_util.unflatten_dict(
+      {p: not (p[0] == "backbone" and p[1] in frozen) for p in flat})
+
+
+def weight_decay_mask(params) -> Any:
+  """Weight decay on conv / dense kernels only: not on norms or biases."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({p: p[-1] == "kernel" for p in flat})
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup from ``warmup_factor * base_lr``, then steps of
+  ``decay_factor`` at ``decay_steps`` (Detectron2's WarmupMultiStepLR)."""
+  o = config.optimizer
+  base = o.base_lr
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    alpha = jnp.minimum(step / max(o.warmup_steps, 1), 1.0)
+    warm = o.warmup_factor * (1 - alpha) + alpha
+    decays = sum((step >= s).astype(jnp.float32) for s in o.decay_steps)
+    return base * warm * o.decay_factor ** decays
+  return schedule
+
+
+def make_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+  o = config.optimizer
+  train_mask = jax.tree.map(lambda a, b: a and b, trainable_mask(params),
+                            _frozen_stage_mask(params, config.model.freeze_at))
+  chain = []
+  if o.get("grad_clip_norm"):
+    chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
+  chain += [
+      optax.add_decayed_weights(o.weight_decay, mask=weight_decay_mask(params)),
+      optax.sgd(learning_rate_schedule(config), momentum=o.momentum),
+  ]
+  labels = jax.tree.map(lambda t: "train" if t else "freeze", train_mask)
+  return optax.multi_transform({"train": optax.chain(*chain), "freeze": optax.set_to_zero()},
+                               labels)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng, model=None) -> tuple[Any, TrainState]:
+  """Model and initial (unreplicated) state; loads ``config.init_checkpoint``
+  (a torchvision .pth) when set."""
+  model = model or build_model(config.model)
+  variables = init_params(model, rng, canvas_size=tuple(config.data.canvas))
+  if config.get("init_checkpoint"):
+    from mrcnn_jax.weights import load_torchvision_checkpoint
+    variables = load_torchvision_checkpoint(config.init_checkpoint, dict(variables),
+                                            kind=config.get("init_checkpoint_kind", "backbone"),
+                                            box_pool_size=config.model.box_pool_size)
+    variables = jax.tree.map(jnp.asarray, variables)
+  params = variables["params"]
+  tx = make_optimizer(config, params)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     batch_stats=variables.get("batch_stats", {}),
+                     opt_state=tx.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
+  return model, state
+
+
+# ============================================================================
+# Update step
+# ============================================================================
+
+def compute_losses(outputs: Mapping[str, jnp.ndarray], weights: Mapping[str, float]):
+  """Named losses from ``MaskRCNN.train_outputs``; returns (total, dict)."""
+  rpn_cls, rpn_box = loss_ops.rpn_losses(outputs["rpn_objectness"], outputs["rpn_deltas"],
+                                         outputs["rpn_target_labels"],
+                                         outputs["rpn_target_deltas"])
+  cls, box = loss_ops.box_losses(outputs["class_logits"], outputs["box_deltas"],
+                                 outputs["roi_labels"], outputs["roi_target_deltas"],
+                                 outputs["roi_is_pos"], outputs["roi_valid"])
+  mask = loss_ops.mask_loss(outputs["mask_logits"], outputs["mask_labels"],
+                            outputs["mask_targets"], outputs["mask_is_pos"])
+  losses = {"loss_rpn_cls": rpn_cls, "loss_rpn_box": rpn_box, "loss_cls": cls,
+            "loss_box": box, "loss_mask": mask}
+  total = sum(weights[k] * v for k, v in losses.items())
+  return total, losses
+
+
+def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, model,
+               tx: optax.GradientTransformation, loss_weights: Mapping[str, float],
+               axis_name: str | None = "batch"):
+  """One SGD step on one device's shard; pure. Under pmap, gradients and
+  metrics are averaged over ``axis_name``.
+
+  A step whose loss or gradients are not finite is skipped (parameters and
+  optimiser state unchanged) and counted in ``nonfinite_streak``; the loop
+  stops when the streak gets too long.
+  """
+  b = batch["image"].shape[0]
+  device = jax.lax.axis_index(axis_name) if axis_name else 0
+  image_index = device * b + jnp.arange(b)
+  rng = jax.random.fold_in(rng, state.step)
+  has_bs = bool(jax.tree_util.tree_leaves(state.batch_stats))
+
+  def loss_fn(params):
+    variables = {"params": params}
+    if has_bs:
+      variables["batch_stats"] = state.batch_stats
+    out = model.apply(variables, batch["image"], batch["image_size"], batch["gt_boxes"],
+                      batch["gt_labels"], batch["gt_valid"], batch["gt_masks"], rng,
+                      image_index, method=model.train_outputs,
+                      mutable=["batch_stats"] if has_bs else False)
+    outputs, updates = out if has_bs else (out, {})
+    total, losses = compute_losses(outputs, loss_weights)
+    aux = (losses, updates.get("batch_stats", state.batch_stats),
+           outputs["num_proposals"].mean(),
+           outputs["roi_is_pos"].sum(axis=1).mean())
+    return total, aux
+
+  (total, (losses, new_bs, num_props, num_pos)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  if axis_name:
+    grads = jax.lax.pmean(grads, axis_name)
+    total = jax.lax.pmean(total, axis_name)
+    losses = jax.lax.pmean(losses, axis_name)
+    new_bs = jax.lax.pmean(new_bs, axis_name)
+  updates, new_opt = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(grads))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = TrainState(
+      step=state.step + 1,
+      params=keep(new_params, state.params),
+      batch_stats=keep(new_bs, state.batch_stats),
+      opt_state=keep(new_opt, state.opt_state),
+      nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+  metrics = dict(losses, loss=total, grad_norm=optax.global_norm(grads),
+                 skipped=(~finite).astype(jnp.float32), num_proposals=num_props,
+                 num_pos_rois=num_pos)
+  return new_state, metrics
+
+
+def make_p_train_step(model, tx, loss_weights):
+  return jax.pmap(functools.partial(train_step, model=model, tx=tx,
+                                    loss_weights=dict(loss_weights), axis_name="batch"),
+                  axis_name="batch", donate_argnums=(0,))
+
+
+# ============================================================================
+# Checkpoints
+# ============================================================================
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict):
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                         enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=options)
+
+
+def save_checkpoint(mngr, state: TrainState, meta: dict, force: bool = False) -> bool:
+  """Saves an unreplicated state, never one with non-finite parameters."""
+  import orbax.checkpoint as ocp
+  finite = all(bool(np.isfinite(np.asarray(x)).all())
+               for x in jax.tree_util.tree_leaves(state.params))
+  if not finite:
+    log.error("not saving step %d: parameters are not finite", int(state.step))
+    return False
+  step = int(state.step)
+  return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore_checkpoint(mngr, template: TrainState, step: int | None = None):
+  """(state, meta) of ``step`` (default: latest), or (None, None)."""
+  import orbax.checkpoint as ocp
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    return None, None
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+  return restored["state"], restored["meta"]
+
+
+# ============================================================================
+# Logging
+# ============================================================================
+
+class SummaryWriter:
+  """TensorBoard scalars without TensorFlow (tensorboard's own event writer);
+  a no-op where tensorboard is not installed."""
+
+  def __init__(self, logdir: str):
+    try:
+      from tensorboard.compat.proto import event_pb2, summary_pb2
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:  # e.g. an accelerator machine without tensorboard
+      log.warning("tensorboard not installed: no event files will be written")
+      self._writer = None
+      return
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    self._writer = EventFileWriter(logdir)
+
+  def scalars(self, step: int, values: Mapping[str, float]):
+    if self._writer is None:
+      return
+    summary = self._summary_pb2.Summary(value=[
+        self._summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
+    self._writer.add_event(self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                 summary=summary))
+
+  def flush(self):
+    if self._writer is not None:
+      self._writer.flush()
+
+  def close(self):
+    if self._writer is not None:
+      self._writer.close()
+
+
+# ============================================================================
+# Loop
+# ============================================================================
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks, so it can checkpoint first."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some notebook kernels)
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    log.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def device_batch_dims(config) -> tuple[int, int]:
+  n = jax.local_device_count()
+  if config.batch_size % n:
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                     f"{n} local devices")
+  return n, config.batch_size // n
+
+
+def train_batches(config, skip_examples: int) -> Iterator[dict]:
+  """The training input (tf.data; imported here so the rest needs no TF)."""
+  from mrcnn_jax.data import datasets
+  return datasets.train_iterator(config, device_batch_dims(config), skip_examples)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          batches: Iterator[dict] | None = None) -> TrainState:
+  """Trains until ``config.total_steps``, resuming from ``workdir``'s latest
+  checkpoint. Returns the final (unreplicated) state."""
+  from tqdm.auto import tqdm
+
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  devices = jax.local_devices()
+  ndev, per_dev = device_batch_dims(config)
+  log.info("training on %d %s device(s), %d images per device", ndev, devices[0].platform,
+           per_dev)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  model, state = create_train_state(config, init_rng)
+  tx = make_optimizer(config, state.params)
+  mngr = checkpoint_manager(workdir, config)
+  restored, meta = restore_checkpoint(mngr, state)
+  if restored is not None:
+    state = restored
+    log.info("resumed from %s at step %d", mngr.directory, int(state.step))
+  start = int(state.step)
+  if start >= config.total_steps:
+    log.info("already at step %d >= total_steps %d", start, config.total_steps)
+    mngr.close()
+    return state
+
+  if batches is None:
+    batches = train_batches(config, skip_examples=start * config.batch_size)
+  p_step = make_p_train_step(model, tx, config.loss_weights)
+  pstate = flax.jax_utils.replicate(state, devices)
+  prng = flax.jax_utils.replicate(step_rng, devices)
+  writer = SummaryWriter(workdir)
+  schedule = learning_rate_schedule(config)
+
+  def meta_for(step):
+    return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed}
+
+  t_last, step_last = time.time(), start
+  metrics_acc = []
+  bar = tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
+             dynamic_ncols=True, mininterval=2.0)
+  with _Preemption() as preempt:
+    for step in range(start + 1, config.total_steps + 1):
+      batch = next(batches)
+      pstate, metrics = p_step(pstate, batch, prng)
+      metrics_acc.append(metrics)
+      bar.update(1)
+      if step % config.log_every == 0 or step == config.total_steps:
+        m = jax.device_get(metrics_acc)
+        metrics_acc = []
+        avg = {k: float(np.mean([x[k][0] for x in m])) for k in m[0]}
+        now = time.time()
+        avg["images_per_sec"] = (step - step_last) * config.batch_size / (now - t_last)
+        avg["learning_rate"] = float(schedule(step - 1))
+        t_last, step_last = now, step
+        writer.scalars(step, avg)
+        writer.flush()
+        bar.set_postfix(loss=f"{avg['loss']:.3f}", img_s=f"{avg['images_per_sec']:.1f}")
+        streak = int(jax.device_get(pstate.nonfinite_streak[0]))
+        if streak >= config.max_consecutive_nonfinite:
+          bar.close()
+          mngr.wait_until_finished()
+          raise FloatingPointError(
+              f"loss was NaN/inf for {streak} consecutive steps up to step {step}; "
+              f"parameters were left unchanged and no NaN was checkpointed. Lower "
+              f"config.optimizer.base_lr or enable config.optimizer.grad_clip_norm.")
+      if step % config.checkpoint_every == 0 or step == config.total_steps or preempt.requested:
+        save_checkpoint(mngr, flax.jax_utils.unreplicate(pstate), meta_for(step),
+                        force=preempt.requested)
+      if preempt.requested:
+        break
+  bar.close()
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.close()
+  state = flax.jax_utils.unreplicate(pstate)
+  if preempt.requested:
+    raise SystemExit(f"stopped by SIGTERM at step {int(state.step)} (checkpoint saved)")
+  return state

@@ -1,0 +1,482 @@
+"""Tests for mrcnn_jax.torch_io: reading torch.save files without torch.
+
+torch is NOT needed: the checkpoints under tests/data/ and their expected
+values were written by scripts/make_torch_fixtures.py in the torch env, and
+the extra hostile/corrupt inputs here are assembled from raw pickle opcodes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import pathlib
+import pickle
+import struct
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from mrcnn_jax import torch_io
+from mrcnn_jax.torch_io import UnsafeCheckpointError, load_torch_checkpoint, load_torch_state_dict
+
+DATA = pathlib.Path(__file__).parent / "data"
+META = json.loads((DATA / "torch_expected.json").read_text())
+with np.load(DATA / "torch_expected.npz") as _npz:
+  EXPECTED = {k: _npz[k] for k in _npz.files}
+
+FORMATS = ["torch_zip.pt", "torch_legacy.pt"]
+
+
+def _check(name, got, meta):
+  assert isinstance(got, np.ndarray), name
+  assert got.dtype.name == meta["dtype"], name
+  assert got.shape == tuple(meta["shape"]), name
+  assert got.strides == tuple(meta["strides"]), name
+  want = EXPECTED[name]
+  assert want.shape == got.shape, name
+  # bitwise: NaN/-0.0 included; bfloat16/uint16 expectations are uint16 bit patterns
+  assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes(), name
+
+
+# --------------------------------------------------------------------------
+# valid checkpoints
+
+
+@pytest.mark.parametrize("fixture", FORMATS)
+def test_state_dict_matches_torch(fixture):
+  sd = load_torch_state_dict(DATA / fixture)
+  meta = META[fixture]["tensors"]
+  assert list(sd) == list(meta)  # all keys, in torch's order
+  for name, arr in sd.items():
+    _check(name, arr, meta[name])
+
+
+@pytest.mark.parametrize("fixture", FORMATS)
+def test_special_cases(fixture):
+  sd = load_torch_state_dict(DATA / fixture)
+  assert sd["bn.num_batches_tracked"].shape == () and int(sd["bn.num_batches_tracked"]) == 7
+  assert sd["bn.num_batches_tracked"].dtype == np.int64
+  assert not sd["transposed"].flags.c_contiguous and sd["transposed"].flags.f_contiguous
+  np.testing.assert_array_equal(sd["shared.view"], np.arange(20, dtype=np.float32).reshape(4, 5)[1:3, 2:5])
+  assert float(sd["shared.element"]) == 14.0
+  assert sd["expanded"].strides == (0, 4)
+  assert sd["empty"].shape == (0, 3)
+  assert sd["index.int64"][0, 2] == 2**40 + 1
+  assert sd["mask.bool"].dtype == np.bool_
+  assert np.isnan(sd["bn.running_mean"][0]) and np.signbit(sd["bn.running_mean"][2])
+  np.testing.assert_array_equal(np.asarray(sd["fc.weight"], np.float32)[1:, ::2], np.asarray(sd["bf16.view"], np.float32))
+
+
+@pytest.mark.parametrize("fixture", FORMATS)
+def test_shared_storage_is_shared_memory(fixture):
+  sd = load_torch_state_dict(DATA / fixture)
+  groups = META[fixture]["shared"]
+  assert any("shared.view" in g for g in groups)
+  for group in groups:
+    for other in group[1:]:
+      if sd[group[0]].size and sd[other].size:
+        assert np.shares_memory(sd[group[0]], sd[other]), group
+  assert not np.shares_memory(sd["conv.weight"], sd["shared.base"])
+  # like torch.load: writing the base shows through its saved views
+  assert sd["shared.base"].flags.writeable
+  sd["shared.base"][1, 2] = -1.0
+  assert sd["shared.view"][0, 0] == -1.0
+
+
+def test_zip_and_legacy_agree():
+  z = load_torch_state_dict(DATA / "torch_zip.pt")
+  legacy = load_torch_state_dict(DATA / "torch_legacy.pt")
+  assert set(legacy) == set(z) - {"uint16", "with_attr"}
+  for k, v in legacy.items():
+    assert v.dtype == z[k].dtype and v.shape == z[k].shape and v.strides == z[k].strides, k
+    assert v.tobytes() == z[k].tobytes(), k
+
+
+@pytest.mark.parametrize("fixture", FORMATS)
+def test_bfloat16_without_ml_dtypes_upcasts(monkeypatch, fixture):
+  monkeypatch.setattr(torch_io, "_ml_dtypes", None)
+  sd = load_torch_state_dict(DATA / fixture)
+  for name in ("fc.weight", "bf16.view"):
+    got = sd[name]
+    assert got.dtype == np.float32 and got.shape == tuple(META[fixture]["tensors"][name]["shape"])
+    bits = EXPECTED[name].astype(np.uint32) << 16
+    assert np.ascontiguousarray(got).tobytes() == bits.view(np.float32).tobytes()
+  _check("conv.bias", sd["conv.bias"], META[fixture]["tensors"]["conv.bias"])
+
+
+def test_nested_model_unwraps():
+  sd = load_torch_state_dict(DATA / "torch_nested.pt")
+  meta = META["torch_nested.pt"]["tensors"]
+  assert list(sd) == list(meta)
+  for name, arr in sd.items():
+    _check(name, arr, meta[name])
+  full = load_torch_checkpoint(DATA / "torch_nested.pt")
+  assert full["epoch"] == 3 and full["args"] == {"lr": 0.02, "name": "fixture"}
+  assert list(full["model"]) == list(meta)
+  assert load_torch_state_dict(DATA / "torch_nested.pt", key="model").keys() == sd.keys()
+
+
+def test_accepts_str_and_pathlike():
+  a = load_torch_state_dict(str(DATA / "torch_nested.pt"))
+  b = load_torch_state_dict(DATA / "torch_nested.pt")
+  assert a.keys() == b.keys()
+
+
+def test_works_with_torch_unimportable():
+  code = (
+    "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+    "from mrcnn_jax.torch_io import load_torch_state_dict as load\n"
+    f"for p in {[str(DATA / f) for f in FORMATS]!r}: assert len(load(p)) > 20\n"
+  )
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
+
+
+# --------------------------------------------------------------------------
+# hand-assembled checkpoints (raw pickle opcodes; nothing is ever executed)
+
+
+def _str(s):
+  b = s.encode()
+  return b"X" + struct.pack("<I", len(b)) + b
+
+
+def _global(module, name):
+  return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _int1(i):
+  return b"K" + bytes([i])
+
+
+def _tensor(key="0", numel=2, size=2, legacy=False):
+  pid = b"(" + _str("storage") + _global("torch", "FloatStorage") + _str(key) + _str("cpu") + _int1(numel)
+  pid += (b"N" if legacy else b"") + b"t"
+  return (
+    _global("torch._utils", "_rebuild_tensor_v2")
+    + b"(" + pid + b"Q" + _int1(0) + _int1(size) + b"\x85" + _int1(1) + b"\x85" + b"\x89"
+    + _global("collections", "OrderedDict") + b")R" + b"tR"
+  )
+
+
+def _dict(*items):
+  """Pickle body (no PROTO/STOP) of a dict from (key, body) pairs."""
+  return b"}(" + b"".join(_str(k) + v for k, v in items) + b"u"
+
+
+def _pkl(body):
+  return b"\x80\x02" + body + b"."
+
+
+STORAGE = np.array([1.5, -2.0], "<f4").tobytes()
+
+
+def _write_zip(path, data_pkl, storages=None, prefix="archive/"):
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+    zf.writestr(prefix + "data.pkl", data_pkl)
+    zf.writestr(prefix + "byteorder", b"little")
+    for key, raw in (storages if storages is not None else {"0": STORAGE}).items():
+      zf.writestr(prefix + "data/" + key, raw)
+    zf.writestr(prefix + "version", b"3\n")
+  return path
+
+
+def _write_legacy(path, obj_pkl, keys=("0",), raw=STORAGE, n=2):
+  with open(path, "wb") as f:
+    f.write(pickle.dumps(torch_io.LEGACY_MAGIC_NUMBER, protocol=2))
+    f.write(pickle.dumps(1001, protocol=2))
+    f.write(pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2))
+    f.write(obj_pkl)
+    f.write(pickle.dumps(list(keys), protocol=2))
+    for _ in keys:
+      f.write(struct.pack("<q", n) + raw)
+  return path
+
+
+def test_hand_made_zip_and_legacy_load(tmp_path):
+  z = _write_zip(tmp_path / "a.pt", _pkl(_dict(("w", _tensor()))))
+  legacy = _write_legacy(tmp_path / "b.pt", _pkl(_dict(("w", _tensor(legacy=True)))))
+  for p in (z, legacy):
+    sd = load_torch_state_dict(p)
+    np.testing.assert_array_equal(sd["w"], np.array([1.5, -2.0], np.float32))
+
+
+def test_big_endian_zip_is_byteswapped(tmp_path):
+  p = _write_zip(tmp_path / "be.pt", _pkl(_dict(("w", _tensor()))), {"0": np.array([1.5, -2.0], ">f4").tobytes()})
+  with zipfile.ZipFile(p, "a") as zf:  # overrides the 'little' record (last one wins)
+    import warnings
+
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      zf.writestr("archive/byteorder", b"big")
+  sd = load_torch_state_dict(p)
+  np.testing.assert_array_equal(sd["w"], np.array([1.5, -2.0], np.float32))
+  assert sd["w"].dtype == np.float32 and sd["w"].dtype.isnative
+
+
+def test_ambiguous_wrapper_needs_key(tmp_path):
+  body = _dict(("model", _dict(("w", _tensor()))), ("ema", _dict(("w", _tensor()))), ("epoch", _int1(4)))
+  p = _write_zip(tmp_path / "amb.pt", _pkl(body))
+  with pytest.raises(ValueError, match=r"'model', 'ema'.*key="):
+    load_torch_state_dict(p)
+  assert list(load_torch_state_dict(p, key="ema")) == ["w"]
+  with pytest.raises(ValueError, match="no top-level key 'nope'"):
+    load_torch_state_dict(p, key="nope")
+
+
+def test_deeper_wrapper_unwraps(tmp_path):
+  model = _dict(("w", _tensor()))
+  body = _dict(("state_dict", _dict(("model", model))), ("meta", _dict(("x", _int1(1)))))
+  p = _write_zip(tmp_path / "deep.pt", _pkl(body))
+  assert list(load_torch_state_dict(p)) == ["w"]
+
+
+def test_argparse_namespace_loads_as_dict(tmp_path):
+  # protocol-2 pickle of argparse.Namespace(lr=1): NEWOBJ + BUILD
+  ns = _global("argparse", "Namespace") + b")\x81" + _dict(("lr", _int1(1))) + b"b"
+  p = _write_zip(tmp_path / "ns.pt", _pkl(_dict(("model", _dict(("w", _tensor()))), ("args", ns))))
+  assert list(load_torch_state_dict(p)) == ["w"]
+  full = load_torch_checkpoint(p)
+  assert type(full["args"]) is dict and full["args"] == {"lr": 1}
+
+
+def test_non_tensor_entries_skipped_with_warning(tmp_path):
+  p = _write_zip(tmp_path / "mixed.pt", _pkl(_dict(("w", _tensor()), ("note", _str("hi")))))
+  with pytest.warns(UserWarning, match="note"):
+    sd = load_torch_state_dict(p)
+  assert list(sd) == ["w"]
+
+
+def test_no_tensors_is_value_error(tmp_path):
+  p = _write_zip(tmp_path / "none.pt", _pkl(_dict(("epoch", _int1(3)))))
+  with pytest.raises(ValueError, match="no tensors"):
+    load_torch_state_dict(p)
+
+
+# --------------------------------------------------------------------------
+# hostile pickles
+
+
+@pytest.fixture
+def tripwires(monkeypatch):
+  """Replace the usual code-execution entry points by recorders."""
+  calls = []
+
+  def record(name):
+    return lambda *a, **k: calls.append((name, a))
+
+  monkeypatch.setattr(os, "system", record("os.system"))
+  monkeypatch.setattr(builtins, "eval", record("eval"))
+  monkeypatch.setattr(builtins, "exec", record("exec"))
+  monkeypatch.setattr(subprocess, "Popen", record("Popen"))
+  return calls
+
+
+@pytest.mark.parametrize(
+  "fixture, refused",
+  [("malicious_zip.pt", "os.system"), ("malicious_legacy.pt", "builtins.eval")],
+)
+@pytest.mark.parametrize("loader", [load_torch_state_dict, load_torch_checkpoint])
+def test_malicious_fixture_refused(tripwires, fixture, refused, loader):
+  path = DATA / fixture
+  with pytest.raises(UnsafeCheckpointError) as info:
+    loader(path)
+  err = info.value
+  assert isinstance(err, ValueError)
+  assert str(path) in str(err) and refused in str(err)
+  assert f"{err.module}.{err.name}" == refused and err.path == str(path)
+  assert tripwires == []
+
+
+REFUSED = [
+  ("os", "system"),
+  ("posix", "system"),
+  ("subprocess", "Popen"),
+  ("builtins", "getattr"),
+  ("builtins", "__import__"),
+  ("__builtin__", "exec"),
+  ("torch", "load"),
+  ("torch.serialization", "load"),
+  ("torch._utils", "_rebuild_qtensor"),
+  ("collections", "OrderedDict.fromkeys"),
+  ("torch._utils", "_rebuild_tensor_v2.__globals__"),
+  ("numpy.core.multiarray", "scalar"),
+  ("mrcnn_jax.torch_io", "_rebuild_tensor_v2"),
+]
+
+
+def _call(module, name, arg="echo MRCNN_JAX_PWNED"):
+  return _global(module, name) + _str(arg) + b"\x85R"
+
+
+@pytest.mark.parametrize("module, name", REFUSED)
+@pytest.mark.parametrize("container", ["zip", "legacy"])
+def test_refused_globals(tmp_path, tripwires, module, name, container):
+  body = _pkl(_dict(("w", _tensor(legacy=container == "legacy")), ("x", _call(module, name))))
+  path = tmp_path / "bad.pt"
+  (_write_zip if container == "zip" else _write_legacy)(path, body)
+  with pytest.raises(UnsafeCheckpointError, match=r"refused .*" + name.split(".")[0]) as info:
+    load_torch_state_dict(path)
+  assert str(path) in str(info.value)
+  assert tripwires == []
+
+
+@pytest.mark.parametrize(
+  "payload",
+  [
+    # protocol 4 STACK_GLOBAL
+    b"\x80\x04" + b"\x8c\x02os" + b"\x8c\x06system" + b"\x93" + b"\x8c\x04echo" + b"\x85R.",
+    # protocol 0 INST
+    b"(S'echo'\nios\nsystem\n.",
+    # protocol 0 GLOBAL + REDUCE with py2 module name
+    b"c__builtin__\neval\n(S'1+1'\ntR.",
+  ],
+  ids=["stack_global", "inst", "py2_global"],
+)
+def test_other_global_opcodes_refused(tmp_path, tripwires, payload):
+  for path in (_write_zip(tmp_path / "z.pt", payload), _write_legacy(tmp_path / "l.pt", payload)):
+    with pytest.raises(UnsafeCheckpointError):
+      load_torch_checkpoint(path)
+  assert tripwires == []
+
+
+def test_plain_malicious_pickle_refused(tmp_path, tripwires):
+  """A .pth that is just a pickle (no torch framing) is refused at its first global."""
+  p = tmp_path / "plain.pth"
+  p.write_bytes(_pkl(_call("os", "system")))
+  with pytest.raises(UnsafeCheckpointError, match="os.system"):
+    load_torch_state_dict(p)
+  assert tripwires == []
+
+
+def test_build_cannot_mutate_allowlist(tmp_path):
+  # BUILD (b) on the FloatStorage stand-in, trying to retarget it to int8.
+  evil = _global("torch", "FloatStorage") + _dict(("dtype_name", _str("int8"))) + b"b"
+  p = _write_zip(tmp_path / "build.pt", _pkl(_dict(("w", _tensor()), ("x", evil))))
+  with pytest.raises(ValueError):
+    load_torch_state_dict(p)
+  # and the stand-ins are unchanged for later loads
+  assert torch_io._ALLOWED[("torch", "FloatStorage")].dtype_name == "float32"
+  _check("conv.weight", load_torch_state_dict(DATA / "torch_zip.pt")["conv.weight"], META["torch_zip.pt"]["tensors"]["conv.weight"])
+
+
+def test_storage_type_is_not_callable(tmp_path):
+  p = _write_zip(tmp_path / "call.pt", _pkl(_global("torch", "FloatStorage") + b")R"))
+  with pytest.raises(ValueError):
+    load_torch_checkpoint(p)
+
+
+# --------------------------------------------------------------------------
+# missing / corrupt / not-a-checkpoint
+
+
+def test_missing_file(tmp_path):
+  p = tmp_path / "nope.pth"
+  with pytest.raises(FileNotFoundError, match="nope.pth"):
+    load_torch_state_dict(p)
+
+
+@pytest.mark.parametrize("fixture", FORMATS + ["torch_nested.pt"])
+@pytest.mark.parametrize("frac", [0.0, 0.05, 0.3, 0.6, 0.9, 0.999])
+def test_truncated_file_is_value_error(tmp_path, fixture, frac):
+  raw = (DATA / fixture).read_bytes()
+  p = tmp_path / fixture
+  p.write_bytes(raw[: int(len(raw) * frac)])
+  with pytest.raises(ValueError) as info:
+    load_torch_state_dict(p)
+  assert not isinstance(info.value, UnsafeCheckpointError)
+  assert str(p) in str(info.value)
+
+
+def test_truncated_zip_message(tmp_path):
+  raw = (DATA / "torch_zip.pt").read_bytes()
+  p = tmp_path / "t.pt"
+  p.write_bytes(raw[: len(raw) // 2])
+  with pytest.raises(ValueError, match="corrupt or truncated zip"):
+    load_torch_state_dict(p)
+
+
+def test_truncated_legacy_storage_message(tmp_path):
+  raw = (DATA / "torch_legacy.pt").read_bytes()
+  p = tmp_path / "t.pt"
+  p.write_bytes(raw[:-3])
+  with pytest.raises(ValueError, match="truncated legacy checkpoint"):
+    load_torch_state_dict(p)
+
+
+def test_corrupt_zip_storage_crc(tmp_path):
+  raw = bytearray((DATA / "torch_zip.pt").read_bytes())
+  with zipfile.ZipFile(DATA / "torch_zip.pt") as zf:
+    info = next(i for i in zf.infolist() if i.filename.endswith("/data/0"))
+  # flip a byte inside the stored payload of data/0 (after its local header,
+  # whose extra field -- torch's alignment padding -- has its own length)
+  name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+  start = info.header_offset + 30 + name_len + extra_len
+  raw[start + 1] ^= 0xFF
+  p = tmp_path / "crc.pt"
+  p.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match=str(p)):
+    load_torch_state_dict(p)
+
+
+@pytest.mark.parametrize(
+  "content",
+  [b"", b"hello, not a checkpoint\n", bytes(range(256)) * 4, pickle.dumps({"a": 1}, protocol=2)],
+  ids=["empty", "text", "binary", "other_pickle"],
+)
+def test_not_a_torch_file(tmp_path, content):
+  p = tmp_path / "x.pth"
+  p.write_bytes(content)
+  with pytest.raises(ValueError, match="not a PyTorch checkpoint") as info:
+    load_torch_state_dict(p)
+  assert str(p) in str(info.value)
+
+
+def test_zip_without_data_pkl(tmp_path):
+  p = tmp_path / "plain.zip"
+  with zipfile.ZipFile(p, "w") as zf:
+    zf.writestr("readme.txt", "hi")
+  with pytest.raises(ValueError, match="data.pkl"):
+    load_torch_state_dict(p)
+
+
+def test_missing_storage_record(tmp_path):
+  p = _write_zip(tmp_path / "m.pt", _pkl(_dict(("w", _tensor()))), storages={})
+  with pytest.raises(ValueError, match="data/0"):
+    load_torch_state_dict(p)
+
+
+def test_tensor_out_of_storage_bounds(tmp_path):
+  # size 5 over a 2-element storage must not read past the buffer
+  for p in (
+    _write_zip(tmp_path / "oob.pt", _pkl(_dict(("w", _tensor(size=5))))),
+    _write_legacy(tmp_path / "oob_l.pt", _pkl(_dict(("w", _tensor(size=5, legacy=True))))),
+  ):
+    with pytest.raises(ValueError, match="reaches byte"):
+      load_torch_state_dict(p)
+
+
+def test_legacy_storage_count_mismatch(tmp_path):
+  p = _write_legacy(tmp_path / "n.pt", _pkl(_dict(("w", _tensor(legacy=True)))), n=3, raw=STORAGE + b"\0" * 4)
+  with pytest.raises(ValueError, match="3 elements"):
+    load_torch_state_dict(p)
+
+
+def test_legacy_wrong_protocol_version(tmp_path):
+  p = tmp_path / "v.pt"
+  p.write_bytes(pickle.dumps(torch_io.LEGACY_MAGIC_NUMBER, protocol=2) + pickle.dumps(1000, protocol=2))
+  with pytest.raises(ValueError, match="protocol version"):
+    load_torch_state_dict(p)
+
+
+def test_torchscript_archive_rejected(tmp_path):
+  p = _write_zip(tmp_path / "ts.pt", _pkl(_dict(("w", _tensor()))))
+  with zipfile.ZipFile(p, "a") as zf:
+    zf.writestr("archive/constants.pkl", _pkl(b")"))
+  with pytest.raises(ValueError, match="TorchScript"):
+    load_torch_state_dict(p)
