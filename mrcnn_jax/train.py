@@ -209,6 +209,22 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
   return new_state, metrics
 
 
+def replicate(tree, devices=None):
+  """Copies ``tree`` to every local device with the same sharding that the
+  pmapped step returns, so the second step does not compile again (a plain
+  ``device_put_replicated`` result differs in its mesh axis name and costs a
+  second compilation)."""
+  tree = flax.jax_utils.replicate(tree, devices)
+  return jax.pmap(lambda x: x, axis_name="batch", devices=devices)(tree)
+
+
+def unreplicate(tree):
+  """First device's copy of a replicated tree. (flax's ``unreplicate`` reads
+  the first addressable shard, which keeps a leading axis of 1 for arrays
+  that pmap returns with a named sharding.)"""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
 def make_p_train_step(model, tx, loss_weights):
   return jax.pmap(functools.partial(train_step, model=model, tx=tx,
                                     loss_weights=dict(loss_weights), axis_name="batch"),
@@ -360,8 +376,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if batches is None:
     batches = train_batches(config, skip_examples=start * config.batch_size)
   p_step = make_p_train_step(model, tx, config.loss_weights)
-  pstate = flax.jax_utils.replicate(state, devices)
-  prng = flax.jax_utils.replicate(step_rng, devices)
+  pstate = replicate(state, devices)
+  prng = replicate(step_rng, devices)
   writer = SummaryWriter(workdir)
   schedule = learning_rate_schedule(config)
 
@@ -398,7 +414,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
               f"parameters were left unchanged and no NaN was checkpointed. Lower "
               f"config.optimizer.base_lr or enable config.optimizer.grad_clip_norm.")
       if step % config.checkpoint_every == 0 or step == config.total_steps or preempt.requested:
-        save_checkpoint(mngr, flax.jax_utils.unreplicate(pstate), meta_for(step),
+        save_checkpoint(mngr, unreplicate(pstate), meta_for(step),
                         force=preempt.requested)
       if preempt.requested:
         break
@@ -406,7 +422,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
-  state = flax.jax_utils.unreplicate(pstate)
+  state = unreplicate(pstate)
   if preempt.requested:
     raise SystemExit(f"stopped by SIGTERM at step {int(state.step)} (checkpoint saved)")
   return state

@@ -117,6 +117,8 @@ class MaskHead(nn.Module):
       x = nn.relu(norm(name=f"mask_fcn{i + 1}_norm")(x))
     x = nn.relu(Upsample2x(self.deconv_dim, dtype=self.dtype, name="conv5_mask")(x))
     out = 1 if self.class_agnostic else self.num_classes
-    x = nn.Conv(out, (1, 1), dtype=self.dtype, kernel_init=_kaiming_fan_out,
+    # Detectron2 initialises the predictor with std 0.001 so the first mask
+    # losses are ~log 2 instead of saturated sigmoids.
+    x = nn.Conv(out, (1, 1), dtype=self.dtype, kernel_init=_normal0001,
                 name="mask_fcn_logits")(x)
     return x.reshape((b, r) + x.shape[1:])

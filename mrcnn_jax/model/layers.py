@@ -9,6 +9,7 @@ torchvision, breaking converted checkpoints.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -43,6 +44,18 @@ class FrozenBatchNorm(nn.Module):
     return x * mult.astype(self.dtype) + shift.astype(self.dtype)
 
 
+class GroupNorm(nn.Module):
+  """GroupNorm with ``gcd(num_groups, C)`` groups, so narrow test-sized
+  models work with the usual 32 (Detectron2's default)."""
+  num_groups: int = 32
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    groups = math.gcd(self.num_groups, x.shape[-1])
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype, name="gn")(x)
+
+
 def make_norm(kind: Optional[str], *, train: bool = False, dtype: Dtype = jnp.float32,
               num_groups: int = 32, axis_name: Optional[str] = None) -> Callable[..., nn.Module]:
   """Returns a constructor ``norm(name=...)`` for the chosen normalisation.
@@ -59,8 +72,7 @@ def make_norm(kind: Optional[str], *, train: bool = False, dtype: Dtype = jnp.fl
                              momentum=0.9, epsilon=1e-5, dtype=dtype,
                              axis_name=axis_name if train else None)
   if kind == "gn":
-    return functools.partial(nn.GroupNorm, num_groups=num_groups, epsilon=1e-5,
-                             dtype=dtype)
+    return functools.partial(GroupNorm, num_groups=num_groups, dtype=dtype)
   if kind in (None, "none", ""):
     return lambda name=None: (lambda x: x)
   raise ValueError(f"unknown norm {kind!r}; expected 'frozen_bn', 'bn', 'gn' or None")

@@ -1,0 +1,78 @@
+"""Shared test helpers: a tiny training config and synthetic numpy batches
+(no TensorFlow needed)."""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+
+import shapes as shapes_exp  # noqa: E402
+
+
+def tiny_config(**overrides):
+  """The shapes experiment shrunk to seconds per step (for testing only)."""
+  c = shapes_exp.get_config()
+  m = c.model
+  m.backbone_width = 8
+  m.fpn_channels = 16
+  m.box_fc_dim = 32
+  m.mask_conv_dims = (16,)
+  m.mask_deconv_dim = 16
+  m.rpn_pre_nms_topk_train = 100
+  m.rpn_post_nms_topk_train = 50
+  m.rpn_pre_nms_topk_test = 100
+  m.rpn_post_nms_topk_test = 30
+  m.rpn_batch_per_image = 64
+  m.roi_batch_per_image = 16
+  m.detections_per_image = 10
+  m.detection_candidates = 60
+  c.data.canvas = (64, 64)
+  c.data.min_size = 64
+  c.data.max_size = 64
+  c.data.max_instances = 4
+  c.data.gt_mask_size = 16
+  c.data.num_train = 8
+  c.data.num_validation = 4
+  c.batch_size = 2
+  c.eval_batch_size = 2
+  c.total_steps = 3
+  c.checkpoint_every = 2
+  c.log_every = 1
+  c.optimizer.warmup_steps = 1
+  c.optimizer.decay_steps = (100,)
+  c.num_sample_images = 2
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def synthetic_batch(rng, batch_dims=(2,), canvas=(64, 64), max_instances=4, mask_size=16,
+                    num_objects=2):
+  """Rectangles on noise: boxes, labels, masks (cropped rectangles are all
+  ones) laid out like the tf.data pipeline's output."""
+  b = int(np.prod(batch_dims))
+  h, w = canvas
+  image = rng.standard_normal((b, h, w, 3)).astype(np.float32) * 0.1
+  boxes = np.zeros((b, max_instances, 4), np.float32)
+  labels = np.zeros((b, max_instances), np.int32)
+  valid = np.zeros((b, max_instances), bool)
+  for i in range(b):
+    for j in range(num_objects):
+      bw, bh = rng.uniform(12, 30, 2)
+      x1, y1 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+      boxes[i, j] = [x1, y1, x1 + bw, y1 + bh]
+      labels[i, j] = 1 + (j % 3)
+      valid[i, j] = True
+      image[i, int(y1):int(y1 + bh), int(x1):int(x1 + bw)] += 1.0 + labels[i, j]
+  masks = valid[..., None, None] * np.ones((1, 1, mask_size, mask_size), np.float32)
+  batch = {"image": image, "image_size": np.tile(np.asarray(canvas, np.int32), (b, 1)),
+           "gt_boxes": boxes, "gt_labels": labels, "gt_valid": valid, "gt_masks": masks,
+           "image_id": np.arange(1, b + 1, dtype=np.int32),
+           "orig_size": np.tile(np.asarray(canvas, np.int32), (b, 1))}
+  return {k: v.reshape(tuple(batch_dims) + v.shape[1:]) for k, v in batch.items()}
