@@ -64,14 +64,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- optimisation ------------------------------------------------------
   config.batch_size = 8  # global; split over all local devices
-  config.total_steps = 1500
+  config.total_steps = 900
   o = ml_collections.ConfigDict()
   o.base_lr = 0.04
   o.momentum = 0.9
   o.weight_decay = 1e-4
   o.warmup_steps = 100
   o.warmup_factor = 0.001
-  o.decay_steps = (1100, 1350)
+  o.decay_steps = (700, 850)
   o.decay_factor = 0.1
   o.grad_clip_norm = 10.0
   config.optimizer = o
