@@ -1,13 +1,18 @@
-"""Mask R-CNN R50-FPN with torchvision's ``maskrcnn_resnet50_fpn`` inference
-settings (DESIGN.md "Numbers to match").
+"""Mask R-CNN R50-FPN with torchvision's ``maskrcnn_resnet50_fpn`` settings
+(DESIGN.md "Numbers to match"): 91-slot COCO label space, so a converted
+torchvision checkpoint runs as is.
 
-Use it to run a converted torchvision checkpoint:
+Evaluate torchvision's COCO weights (reaches 37.9 box AP / 34.6 mask AP on
+val2017, torchvision's published figures; needs local COCO, see README):
 
-  mrcnn-jax convert --checkpoint maskrcnn_resnet50_fpn_coco.pth --output ckpt/
+  mrcnn-jax convert --checkpoint maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --output tv_r50/
+  mrcnn-jax evaluate --config experiments/mask_rcnn_r50_fpn.py --checkpoint tv_r50/ \
+      --config.data.manual_dir=/data/coco
+
   python scripts/check_torchvision_parity.py      # proves the conversion
 
-Converted torchvision v1 weights reach 37.9 box AP / 34.6 mask AP on COCO
-val2017 (torchvision's published figures).
+The training recipes (Detectron2's 1x / 3x) are mask_rcnn_r50_fpn_1x.py and
+mask_rcnn_r50_fpn_3x.py, which build on this file.
 """
 
 import ml_collections
@@ -82,14 +87,59 @@ def get_model_config() -> ml_collections.ConfigDict:
   return m
 
 
+def get_data_config() -> ml_collections.ConfigDict:
+  """COCO 2017 from a local directory (see scripts/prepare_coco.py)."""
+  d = ml_collections.ConfigDict()
+  d.name = "coco"
+  d.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir
+  d.manual_dir = ml_collections.FieldReference(None, field_type=str)  # train2017/ ...
+  # torchvision's GeneralizedRCNNTransform: short side 800, long <= 1333.
+  d.min_size = (800,)
+  d.max_size = 1333
+  # Orientation buckets: one compiled program per canvas.
+  d.canvases = ((800, 1344), (1344, 800))
+  d.max_instances = 100
+  d.gt_mask_size = 112
+  d.flip_prob = 0.5
+  d.shuffle_buffer = 1024
+  return d
+
+
 def get_config() -> ml_collections.ConfigDict:
+  from mrcnn_jax.coco_categories import COCO_91_NAMES
+
   config = ml_collections.ConfigDict()
+  config.seed = 0
   config.model = get_model_config()
-  # Input: torchvision's GeneralizedRCNNTransform.
-  config.input = ml_collections.ConfigDict()
-  config.input.min_size = 800
-  config.input.max_size = 1333
-  config.input.mean = (0.485, 0.456, 0.406)
-  config.input.std = (0.229, 0.224, 0.225)
-  config.input.size_divisibility = 32
+  config.data = get_data_config()
+  # Labels are COCO category ids (torchvision's 91-slot space).
+  config.label_space = "coco_ids"
+  config.class_names = COCO_91_NAMES
+
+  # Training defaults: Detectron2's 1x schedule (batch 16, lr 0.02).
+  config.batch_size = 16
+  config.total_steps = 90_000
+  o = ml_collections.ConfigDict()
+  o.base_lr = 0.02
+  o.momentum = 0.9
+  o.weight_decay = 1e-4
+  o.warmup_steps = 1000
+  o.warmup_factor = 0.001
+  o.decay_steps = (60_000, 80_000)
+  o.decay_factor = 0.1
+  o.grad_clip_norm = 0.0
+  config.optimizer = o
+  config.loss_weights = ml_collections.ConfigDict(dict(
+      loss_rpn_cls=1.0, loss_rpn_box=1.0, loss_cls=1.0, loss_box=1.0, loss_mask=1.0))
+
+  config.checkpoint_every = 5000
+  config.keep_checkpoints = 3
+  config.log_every = 50
+  config.max_consecutive_nonfinite = 5
+  config.eval_batch_size = 8
+  config.num_sample_images = 8
+  # An ImageNet ResNet (torchvision .pth) for the backbone, e.g.
+  # --config.init_checkpoint=resnet50-0676ba61.pth
+  config.init_checkpoint = ml_collections.FieldReference(None, field_type=str)
+  config.init_checkpoint_kind = "backbone"
   return config

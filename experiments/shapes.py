@@ -88,4 +88,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_sample_images = 6
   config.init_checkpoint = ml_collections.FieldReference(None, field_type=str)
   config.init_checkpoint_kind = "backbone"
+  config.label_space = "contiguous"
+  config.class_names = ("background", "square", "circle", "triangle")
   return config

@@ -2,6 +2,8 @@
 
   mrcnn-jax train    [--config experiments/shapes.py] [--workdir DIR] [--config.KEY=VALUE ...]
   mrcnn-jax evaluate [--config ...] --workdir DIR [--config.KEY=VALUE ...]
+  mrcnn-jax evaluate --config ... --checkpoint CONVERTED_DIR_OR.pth [--config.KEY=VALUE ...]
+  mrcnn-jax predict  [--config ...] (--workdir DIR | --checkpoint PATH) --output OUT IMAGES...
   mrcnn-jax convert  --checkpoint FILE.pth --output DIR [--kind maskrcnn|backbone]
                      [--config experiments/mask_rcnn_r50_fpn.py]
 
@@ -99,8 +101,27 @@ def cmd_train(args, overrides):
 def cmd_evaluate(args, overrides):
   from mrcnn_jax import evaluate
   config = apply_overrides(load_config(args.config), overrides)
-  metrics = evaluate.evaluate_workdir(config, args.workdir)
+  if not args.workdir and not args.checkpoint:
+    raise SystemExit("mrcnn-jax evaluate: give --workdir (a training run) or --checkpoint")
+  workdir = args.workdir or os.path.join("workdir", "eval_" + os.path.basename(
+      os.path.normpath(args.checkpoint)))
+  metrics = evaluate.evaluate_workdir(config, workdir, checkpoint=args.checkpoint)
   print({k: round(v, 2) for k, v in metrics.items()})
+
+
+def cmd_predict(args, overrides):
+  from mrcnn_jax import evaluate
+  from mrcnn_jax.model import build_model
+  config = evaluate.resolve_num_classes(apply_overrides(load_config(args.config), overrides))
+  if not args.workdir and not args.checkpoint:
+    raise SystemExit("mrcnn-jax predict: give --workdir (a training run) or --checkpoint")
+  model = build_model(config.model, score_threshold=args.min_score)
+  variables, _ = evaluate.load_inference_variables(config, model, workdir=args.workdir,
+                                                   checkpoint=args.checkpoint)
+  summary = evaluate.predict_files(config, model, variables, args.images, args.output,
+                                   score_threshold=args.draw_threshold)
+  print(f"{summary['images']} image(s), {summary['detections']} detections, "
+        f"{len(summary['skipped'])} skipped -> {os.path.abspath(args.output)}")
 
 
 def cmd_convert(args, overrides):
@@ -127,10 +148,22 @@ def main(argv=None):
   p.add_argument("--workdir", default=None, help="default: workdir/<config name>")
   p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
   p.set_defaults(fn=cmd_train)
-  p = sub.add_parser("evaluate", help="evaluate the latest checkpoint of a workdir")
+  p = sub.add_parser("evaluate", help="evaluate a workdir's latest checkpoint or a converted one")
   p.add_argument("--config", default=None)
-  p.add_argument("--workdir", required=True)
+  p.add_argument("--workdir", default=None, help="training run (latest checkpoint); "
+                 "also where metrics.json and samples/ go")
+  p.add_argument("--checkpoint", default=None,
+                 help="a directory from `mrcnn-jax convert`, or a torchvision .pth")
   p.set_defaults(fn=cmd_evaluate)
+  p = sub.add_parser("predict", help="run a checkpoint on image files or folders")
+  p.add_argument("images", nargs="+", help="image files and/or folders")
+  p.add_argument("--config", default=None)
+  p.add_argument("--workdir", default=None)
+  p.add_argument("--checkpoint", default=None)
+  p.add_argument("--output", required=True, help="folder for overlays and results.json")
+  p.add_argument("--min-score", type=float, default=0.05, help="detection score threshold")
+  p.add_argument("--draw-threshold", type=float, default=0.5, help="score to draw a detection")
+  p.set_defaults(fn=cmd_predict)
   p = sub.add_parser("convert", help="convert a torchvision .pth into mrcnn_jax variables")
   p.add_argument("--checkpoint", required=True, help="torchvision state_dict (.pth)")
   p.add_argument("--output", required=True, help="output directory (orbax)")

@@ -106,27 +106,171 @@ def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names:
   return metrics
 
 
-def evaluate_workdir(config, workdir: str, state=None) -> dict:
-  """Evaluates the latest checkpoint in ``workdir`` (or ``state``) on the
-  config's validation split."""
-  from mrcnn_jax import train as train_lib
+def class_names_for(config) -> list[str]:
+  """Names indexed by label: ``config.class_names`` or the dataset's."""
+  if config.get("class_names"):
+    return list(config.class_names)
   from mrcnn_jax.data import datasets
+  return list(datasets.class_names(config))
 
+
+def resolve_num_classes(config):
+  """``config.model.num_classes <= 0`` means: background + the dataset's
+  categories (custom COCO-format data)."""
+  if config.model.num_classes <= 0:
+    config.model.num_classes = len(class_names_for(config))
+  return config
+
+
+def label_map_for(config):
+  """Contiguous label -> category id for COCO results (None: identity)."""
+  if config.get("label_space", "contiguous") == "coco_ids":
+    return None  # torchvision's 91-slot labels are the category ids
+  from mrcnn_jax.data import datasets
+  fn = getattr(datasets, "label_to_category_id", None)
+  return fn(config) if fn else None
+
+
+def load_inference_variables(config, model, *, workdir: str | None = None,
+                             checkpoint: str | None = None):
+  """Variables for inference from, in order of preference: ``checkpoint`` (a
+  directory written by ``mrcnn-jax convert`` / ``checkpoints.save_variables``,
+  or a torchvision ``.pth`` converted on the fly), or the latest training
+  checkpoint in ``workdir``. Returns (variables, step)."""
+  from mrcnn_jax import checkpoints
+  from mrcnn_jax import train as train_lib
+  from mrcnn_jax.model import init_params
+  if checkpoint:
+    template = jax.device_get(init_params(model, jax.random.PRNGKey(0)))
+    if os.path.isfile(checkpoint):
+      from mrcnn_jax.weights import load_torchvision_checkpoint
+      variables = load_torchvision_checkpoint(checkpoint, template,
+                                              box_pool_size=config.model.box_pool_size)
+    else:
+      variables = checkpoints.load_variables(checkpoint, template)
+    return variables, 0
+  if not workdir:
+    raise ValueError("give a training workdir or a --checkpoint")
+  _, template = train_lib.create_train_state(config, jax.random.PRNGKey(0), model=model)
+  mngr = train_lib.checkpoint_manager(workdir, config)
+  state, _ = train_lib.restore_checkpoint(mngr, template)
+  mngr.close()
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}")
+  return _state_variables(state), int(state.step)
+
+
+def _state_variables(state):
+  variables = {"params": state.params}
+  if jax.tree_util.tree_leaves(state.batch_stats):
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def evaluate_workdir(config, workdir: str, state=None, checkpoint: str | None = None) -> dict:
+  """Evaluates ``state``, a ``checkpoint`` (converted directory or torchvision
+  .pth) or the latest checkpoint in ``workdir`` on the config's validation
+  split; writes metrics.json and samples into ``workdir``."""
+  from mrcnn_jax.data import datasets
+  from mrcnn_jax.model import build_model
+
+  resolve_num_classes(config)
   ndev = jax.local_device_count()
   if config.eval_batch_size % ndev:
     raise ValueError(f"config.eval_batch_size={config.eval_batch_size} is not divisible by "
                      f"the {ndev} local devices")
-  model, template = train_lib.create_train_state(config, jax.random.PRNGKey(0))
-  if state is None:
-    mngr = train_lib.checkpoint_manager(workdir, config)
-    state, _ = train_lib.restore_checkpoint(mngr, template)
-    mngr.close()
-    if state is None:
-      raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}")
-  variables = {"params": state.params}
-  if jax.tree_util.tree_leaves(state.batch_stats):
-    variables["batch_stats"] = state.batch_stats
+  model = build_model(config.model)
+  if state is not None:
+    variables, step = _state_variables(state), int(state.step)
+  else:
+    variables, step = load_inference_variables(config, model, workdir=workdir,
+                                               checkpoint=checkpoint)
   batches = datasets.eval_iterator(config, (ndev, config.eval_batch_size // ndev))
   return evaluate(model, variables, batches, datasets.eval_coco_gt(config),
-                  class_names=datasets.class_names(config), workdir=workdir,
-                  step=int(state.step), num_samples=config.num_sample_images)
+                  class_names=class_names_for(config), workdir=workdir, step=step,
+                  num_samples=config.num_sample_images,
+                  label_to_category_id=label_map_for(config))
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def find_images(inputs: Sequence[str]) -> list[str]:
+  """Files as given, and the images inside given folders (sorted)."""
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      paths += sorted(os.path.join(item, f) for f in os.listdir(item)
+                      if f.lower().endswith(IMAGE_EXTENSIONS))
+    elif os.path.isfile(item):
+      paths.append(item)
+    else:
+      raise FileNotFoundError(f"no such image file or folder: {item}")
+  if not paths:
+    raise FileNotFoundError(f"no images found in {list(inputs)}")
+  return paths
+
+
+def _canvases(config) -> list[tuple[int, int]]:
+  d = config.data
+  if d.get("canvases"):
+    return [tuple(c) for c in d.canvases]
+  return [tuple(d.canvas)]
+
+
+def predict_files(config, model, variables, inputs: Sequence[str], output_dir: str, *,
+                  score_threshold: float = 0.5) -> dict:
+  """Runs the model on image files; writes ``<output_dir>/<name>.png``
+  overlays and ``<output_dir>/results.json`` (COCO results format; image ids
+  are positions in ``images.json``). Unreadable images are skipped, counted
+  and named. No TensorFlow needed: preprocessing is numpy.
+
+  One program is compiled per canvas (orientation bucket) of the config.
+  """
+  import json
+  from PIL import Image, UnidentifiedImageError
+  from tqdm.auto import tqdm
+
+  from mrcnn_jax.coco_eval import detections_to_coco
+  from mrcnn_jax.preprocess import pad_to_canvas, prepare_image
+
+  paths = find_images(inputs)
+  os.makedirs(output_dir, exist_ok=True)
+  names = class_names_for(config)
+  label_map = label_map_for(config) if config.get("label_space") != "coco_ids" else None
+  min_size = config.data.min_size
+  min_size = min_size[0] if isinstance(min_size, (tuple, list)) else min_size
+  canvases = _canvases(config)
+  infer = jax.jit(model.apply)
+  results, images, skipped = [], [], []
+  for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img"), start=1):
+    try:
+      with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+      log.warning("skipping %s: cannot read it as an image (%s)", path, e)
+      skipped.append(path)
+      continue
+    x, _ = prepare_image(rgb, min_size=min_size, max_size=config.data.max_size)
+    fits = [c for c in canvases if x.shape[0] <= c[0] and x.shape[1] <= c[1]]
+    if not fits:
+      raise ValueError(f"{path}: resized to {x.shape[:2]}, which fits no canvas {canvases}; "
+                       "check config.data.max_size against config.data.canvases")
+    batch, sizes = pad_to_canvas([x], canvas=min(fits, key=lambda c: c[0] * c[1]))
+    out = jax.device_get(infer(variables, batch, sizes))
+    det = to_original({k: v[0] for k, v in out.items()}, sizes[0], rgb.shape[:2])
+    results += detections_to_coco(image_id, det["boxes"], det["scores"], det["labels"],
+                                  det["masks"], label_to_category_id=label_map)
+    images.append({"id": image_id, "file_name": os.path.abspath(path),
+                   "height": int(rgb.shape[0]), "width": int(rgb.shape[1])})
+    stem = os.path.splitext(os.path.basename(path))[0]
+    save_png(os.path.join(output_dir, f"{stem}.png"),
+             draw_detections(rgb, det["boxes"], det["scores"], det["labels"], det["masks"],
+                             class_names=names, score_threshold=score_threshold))
+  with open(os.path.join(output_dir, "results.json"), "w") as f:
+    json.dump(results, f)
+  with open(os.path.join(output_dir, "images.json"), "w") as f:
+    json.dump(images, f, indent=1)
+  if skipped:
+    log.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
+  return {"images": len(images), "detections": len(results), "skipped": skipped}

@@ -17,7 +17,15 @@ Input: each element of ``ds`` is a dict in the layout TFDS decodes
                        [n] PNG bytes (decoded here)
 ``objects/area``       number [n], optional: ranks objects when there are more
                        than N (box area if absent)
+``objects/is_crowd``   bool [n], optional: COCO ``iscrowd`` regions. They never
+                       become ground truth (so never positives); they are
+                       dropped and counted in ``num_crowd``. Absent = no crowd.
 =====================  =========================================================
+
+Other fields (``height``, ``objects/category_id``, ...) are ignored. Images
+are decoded with ``tf.io.decode_image(channels=3)``: JPEG, PNG (also GIF, BMP,
+WebP); grayscale, palette, CMYK JPEG and 16-bit PNG become RGB, an alpha
+channel is dropped (not composited).
 
 Decoding inside the pipeline (pass ``load_shapes(..., decode=False)``) keeps
 the shuffle buffer small and spreads the PNG decoding over the parallel map.
@@ -41,8 +49,19 @@ Output: one dict per batch (numpy through :func:`numpy_batches`):
 ``num_dropped``    int32 [...]     objects dropped for exceeding N (smallest
                                    areas go first)
 ``num_invalid``    int32 [...]     objects dropped for a zero-area box (after
-                                   clipping to the image)
+                                   clipping to the image); crowd not included
+``num_crowd``      int32 [...]     crowd objects dropped (``objects/is_crowd``)
 =================  ==============  ============================================
+
+With one ``canvas`` every batch has the static shape above. With orientation
+buckets (``canvases=(landscape, portrait)``, e.g. ``((800, 1344), (1344,
+800))``) an image whose width >= height goes to the landscape canvas, the
+others to the portrait one, and batches are grouped (``group_by_window`` keyed
+by the canvas, window = batch size) so that every batch holds one canvas: the
+``image`` shape is static per batch but differs between batches (its
+``element_spec`` says ``[..., None, None, 3]``), so a jitted step compiles
+once per canvas. Grouping reorders the stream slightly: a batch is emitted when
+its bucket has filled, the other bucket keeps waiting.
 
 Resizing (torchvision's ``GeneralizedRCNNTransform``): ``scale =
 min(min_size / min(H, W), max_size / max(H, W))`` computed in float32, the
@@ -67,9 +86,19 @@ pixel of the image border repeat the edge pixel rather than blending in zeros.
 Flipping the crop equals cropping the flipped mask with the flipped box, which
 is how flips are applied to masks.
 
+Multi-scale training: ``min_size`` may be a sequence; in training each example
+draws one of its values uniformly from a stateless RNG keyed on ``(seed,
+position in the stream)`` (independent of the flip's draw); evaluation uses the
+first value. ``max_size`` stays one value, so a canvas that holds ``max_size``
+(and the largest ``min_size``) holds every scale.
+
 Determinism: for a given ``seed`` the stream is identical run to run:
-shuffling is seeded, the map is ordered, and each example's flip is drawn from
-a stateless RNG keyed on ``(seed, position in the stream)``.
+shuffling is seeded, the map is ordered, and each example's flip (and scale)
+is drawn from a stateless RNG keyed on ``(seed, position in the stream)``.
+Resuming with ``skip_examples`` restarts the stream exactly with one canvas;
+with orientation buckets the examples that were waiting in a partly filled
+bucket at the checkpoint are not replayed exactly (at most ``batch - 1`` per
+bucket are seen twice or skipped).
 """
 
 from __future__ import annotations
@@ -90,7 +119,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 OUTPUT_KEYS = ("image", "image_size", "orig_size", "scale", "image_id",
                "gt_boxes", "gt_labels", "gt_valid", "gt_masks", "num_dropped",
-               "num_invalid")
+               "num_invalid", "num_crowd")
 
 
 def canvas_for(max_size: int, multiple: int = 32) -> tuple[int, int]:
@@ -99,11 +128,14 @@ def canvas_for(max_size: int, multiple: int = 32) -> tuple[int, int]:
   return side, side
 
 
-def resized_size(height, width, min_size: int, max_size: int):
-  """(new_h, new_w) int32 and scale float32 of torchvision's resize rule."""
+def resized_size(height, width, min_size, max_size: int):
+  """(new_h, new_w) int32 and scale float32 of torchvision's resize rule.
+
+  ``min_size`` may be a Python int or a scalar integer tensor (multi-scale).
+  """
   h = tf.cast(height, tf.float32)
   w = tf.cast(width, tf.float32)
-  scale = tf.minimum(float(min_size) / tf.minimum(h, w),
+  scale = tf.minimum(tf.cast(min_size, tf.float32) / tf.minimum(h, w),
                      float(max_size) / tf.maximum(h, w))
   # torchvision multiplies the float32 scale (as a Python float) by the size
   # in double precision and floors: 800 / 480 -> 799 rows, not 800.
@@ -116,6 +148,7 @@ def resized_size(height, width, min_size: int, max_size: int):
 def _decode_image(image):
   image = tf.convert_to_tensor(image)
   if image.dtype == tf.string:
+    # channels=3: grayscale, palette, CMYK and RGBA all come out RGB.
     image = tf.io.decode_image(image, channels=3, expand_animations=False)
   if image.dtype != tf.uint8:
     raise ValueError(f"pipeline: example field 'image' must be uint8 "
@@ -124,9 +157,14 @@ def _decode_image(image):
   return image
 
 
-def _decode_masks(masks, height, width):
-  """Any accepted mask layout -> uint8 [n, H, W] (values 0/1)."""
+def _gather_masks(masks, keep, height, width):
+  """The masks at `keep` of any accepted layout -> uint8 [k, H, W] (0/1).
+
+  Gathering before decoding means PNGs of dropped, crowd and surplus objects
+  are never decoded.
+  """
   masks = tf.convert_to_tensor(masks)
+  masks = tf.gather(masks, keep)
   if masks.dtype == tf.string:
     masks = tf.map_fn(
         lambda m: tf.io.decode_png(m, channels=1),
@@ -194,29 +232,54 @@ def crop_masks_to_boxes(masks, boxes, mask_size: int):
   return tf.clip_by_value(crops[..., 0], 0.0, 1.0)
 
 
-def preprocess_example(example: dict[str, Any], *, flip, canvas: Sequence[int],
-                       min_size: int, max_size: int, max_instances: int,
+def _as_canvas(canvas, what="canvas") -> tuple[int, int]:
+  canvas = tuple(int(c) for c in canvas)
+  if len(canvas) != 2 or min(canvas) < 1:
+    raise ValueError(f"pipeline: {what} must be (H, W) positive ints, got "
+                     f"{canvas}")
+  return canvas
+
+
+def preprocess_example(example: dict[str, Any], *, flip,
+                       canvas: Sequence[int] | None = None,
+                       min_size, max_size: int, max_instances: int,
                        gt_mask_size: int,
                        mean: Sequence[float] = IMAGENET_MEAN,
-                       std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
+                       std: Sequence[float] = IMAGENET_STD,
+                       canvases: Sequence[Sequence[int]] | None = None
+                       ) -> dict[str, Any]:
   """One example in the input layout -> one unbatched output dict.
 
   Works eagerly and inside ``tf.data`` (graph mode). ``flip`` (Python bool or
   scalar bool tensor) mirrors image, boxes and masks horizontally together.
-  See the module docstring for the input and output layouts; all outputs
-  have static shapes (boxes ``xyxy`` in pixels of the resized image).
+  ``min_size`` is an int or a scalar integer tensor. Give either one
+  ``canvas`` (H, W), or ``canvases=(landscape, portrait)``: the image goes to
+  the first if its width >= its height, else to the second (then ``image``
+  has a static shape of ``[None, None, 3]``). See the module docstring for
+  the input and output layouts; boxes are ``xyxy`` in pixels of the resized
+  image.
   """
   _check_fields(example)
-  canvas_h, canvas_w = (int(c) for c in canvas)
+  if (canvas is None) == (canvases is None):
+    raise ValueError("preprocess_example: give exactly one of canvas and "
+                     "canvases")
   flip = tf.cast(flip, tf.bool)
   image = _decode_image(example["image"])
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
   hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  if canvas is not None:
+    canvas_h, canvas_w = _as_canvas(canvas)
+    canvas_desc = str((canvas_h, canvas_w))
+  else:
+    landscape, portrait = (_as_canvas(c, "canvases[i]") for c in canvases)
+    canvas_hw = tf.where(width >= height, tf.constant(landscape, tf.int32),
+                         tf.constant(portrait, tf.int32))
+    canvas_h, canvas_w = canvas_hw[0], canvas_hw[1]
+    canvas_desc = f"{landscape} (landscape) / {portrait} (portrait)"
   objects = example["objects"]
-  masks = _decode_masks(objects["mask"], height, width)
 
-  # --- Ground truth in original pixels; drop zero-area boxes. -------------
+  # --- Ground truth in original pixels; drop crowd and zero-area boxes. ---
   bbox = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
   ymin, xmin, ymax, xmax = tf.unstack(bbox, axis=-1)
   boxes = tf.stack([tf.clip_by_value(xmin * wf, 0.0, wf),
@@ -229,11 +292,17 @@ def preprocess_example(example: dict[str, Any], *, flip, canvas: Sequence[int],
   else:
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
   num_objects = tf.shape(boxes)[0]
+  if "is_crowd" in objects:
+    crowd = tf.reshape(tf.cast(objects["is_crowd"], tf.bool), [-1])
+  else:
+    crowd = tf.zeros([num_objects], tf.bool)
   # NaN coordinates compare False, so they count as invalid too.
-  valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+  box_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+  valid = box_ok & ~crowd
   valid_idx = tf.cast(tf.reshape(tf.where(valid), [-1]), tf.int32)
   num_valid = tf.shape(valid_idx)[0]
-  num_invalid = num_objects - num_valid
+  num_crowd = tf.reduce_sum(tf.cast(crowd, tf.int32))
+  num_invalid = num_objects - num_valid - num_crowd
 
   # --- At most max_instances: keep the largest, in their original order. --
   k = tf.minimum(num_valid, max_instances)
@@ -242,7 +311,7 @@ def preprocess_example(example: dict[str, Any], *, flip, canvas: Sequence[int],
   keep = tf.sort(tf.gather(valid_idx, top))
   boxes = tf.gather(boxes, keep)
   labels = tf.gather(labels, keep)
-  masks = tf.gather(masks, keep)
+  masks = _gather_masks(objects["mask"], keep, height, width)
 
   # --- Mask targets from the full-resolution masks, before the resize. ----
   gt_masks = crop_masks_to_boxes(masks, boxes, gt_mask_size)
@@ -251,9 +320,9 @@ def preprocess_example(example: dict[str, Any], *, flip, canvas: Sequence[int],
   # --- Resize the image; boxes follow the per-axis size ratio. ------------
   new_h, new_w, scale = resized_size(height, width, min_size, max_size)
   tf.debugging.assert_less_equal(
-      tf.stack([new_h, new_w]), tf.constant([canvas_h, canvas_w]),
+      tf.stack([new_h, new_w]), tf.stack([canvas_h, canvas_w]),
       message=(f"pipeline: resized image does not fit the canvas "
-               f"{(canvas_h, canvas_w)}; make canvas >= max_size={max_size} "
+               f"{canvas_desc}; make canvas >= max_size={max_size} "
                f"on each side (see canvas_for)"))
   image = tf.cast(image, tf.float32) * (1.0 / 255.0)
   image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear",
@@ -270,9 +339,13 @@ def preprocess_example(example: dict[str, Any], *, flip, canvas: Sequence[int],
   # --- Normalise, pad to the canvas and to max_instances. -----------------
   image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
   image = tf.pad(image, [[0, canvas_h - new_h], [0, canvas_w - new_w], [0, 0]])
+  if canvas is not None:
+    image = tf.ensure_shape(image, [canvas_h, canvas_w, 3])
+  else:
+    image.set_shape([None, None, 3])
   pad_n = max_instances - k
   out = {
-      "image": tf.ensure_shape(image, [canvas_h, canvas_w, 3]),
+      "image": image,
       "image_size": tf.stack([new_h, new_w]),
       "orig_size": tf.stack([height, width]),
       "scale": scale,
@@ -283,6 +356,7 @@ def preprocess_example(example: dict[str, Any], *, flip, canvas: Sequence[int],
       "gt_masks": tf.pad(gt_masks, [[0, pad_n], [0, 0], [0, 0]]),
       "num_dropped": num_dropped,
       "num_invalid": num_invalid,
+      "num_crowd": num_crowd,
   }
   out["gt_boxes"] = tf.ensure_shape(out["gt_boxes"], [max_instances, 4])
   out["gt_labels"] = tf.ensure_shape(out["gt_labels"], [max_instances])
@@ -291,30 +365,42 @@ def preprocess_example(example: dict[str, Any], *, flip, canvas: Sequence[int],
   return out
 
 
-def _padding_example(canvas, max_instances, gt_mask_size):
-  """A blank example (image_id -1) that fills a final partial batch."""
-  canvas_h, canvas_w = canvas
-  size = tf.constant([canvas_h, canvas_w], tf.int32)
+def _padding_examples(count, canvas_hw, max_instances, gt_mask_size):
+  """`count` blank examples (image_id -1) of canvas (H, W) (ints or a tensor)
+  that fill a final partial batch; leading axis `count`."""
+  canvas_hw = tf.cast(tf.stack([canvas_hw[0], canvas_hw[1]]), tf.int32)
+  zeros = lambda shape, dtype: tf.zeros(tf.concat(
+      [[count], tf.cast(tf.reshape(shape, [-1]), tf.int32)], 0), dtype)
   return {
-      "image": tf.zeros([canvas_h, canvas_w, 3], tf.float32),
-      "image_size": size,
-      "orig_size": size,
-      "scale": tf.constant(1.0, tf.float32),
-      "image_id": tf.constant(-1, tf.int32),
-      "gt_boxes": tf.zeros([max_instances, 4], tf.float32),
-      "gt_labels": tf.zeros([max_instances], tf.int32),
-      "gt_valid": tf.zeros([max_instances], tf.bool),
-      "gt_masks": tf.zeros([max_instances, gt_mask_size, gt_mask_size],
-                           tf.float32),
-      "num_dropped": tf.constant(0, tf.int32),
-      "num_invalid": tf.constant(0, tf.int32),
+      "image": zeros(tf.concat([canvas_hw, [3]], 0), tf.float32),
+      "image_size": tf.tile(canvas_hw[None], [count, 1]),
+      "orig_size": tf.tile(canvas_hw[None], [count, 1]),
+      "scale": tf.ones([count], tf.float32),
+      "image_id": tf.fill([count], -1),
+      "gt_boxes": zeros([max_instances, 4], tf.float32),
+      "gt_labels": zeros([max_instances], tf.int32),
+      "gt_valid": zeros([max_instances], tf.bool),
+      "gt_masks": zeros([max_instances, gt_mask_size, gt_mask_size],
+                        tf.float32),
+      "num_dropped": zeros([], tf.int32),
+      "num_invalid": zeros([], tf.int32),
+      "num_crowd": zeros([], tf.int32),
   }
 
 
+def _min_sizes(min_size) -> tuple[int, ...]:
+  sizes = (min_size,) if np.ndim(min_size) == 0 else tuple(min_size)
+  if not sizes or any(int(s) != s for s in sizes):
+    raise ValueError(f"make_pipeline: min_size must be an int or a non-empty "
+                     f"sequence of ints, got {min_size!r}")
+  return tuple(int(s) for s in sizes)
+
+
 def make_pipeline(ds: tf.data.Dataset, *, train: bool,
-                  batch_dims: Sequence[int], canvas: Sequence[int],
-                  min_size: int, max_size: int, max_instances: int,
-                  gt_mask_size: int,
+                  batch_dims: Sequence[int],
+                  canvas: Sequence[int] | None = None,
+                  min_size: int | Sequence[int], max_size: int,
+                  max_instances: int, gt_mask_size: int,
                   mean: Sequence[float] = IMAGENET_MEAN,
                   std: Sequence[float] = IMAGENET_STD,
                   flip_prob: float = 0.5, seed: int = 0,
@@ -322,33 +408,44 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
                   skip_examples: int = 0,
                   drop_remainder: bool = True, prefetch: int = 2,
                   cache: bool = False,
-                  num_parallel_calls: int | None = None) -> tf.data.Dataset:
+                  num_parallel_calls: int | None = None,
+                  canvases: Sequence[Sequence[int]] | None = None
+                  ) -> tf.data.Dataset:
   """Examples -> batches of static shape with leading dims `batch_dims`.
 
   Args:
     ds: examples in the input layout (module docstring), e.g. from
-      ``shapes.load_shapes(split, data_dir, decode=False)``.
-    train: shuffle (``shuffle_buffer``, seeded) and flip (``flip_prob``);
-      otherwise neither.
+      ``shapes.load_shapes(split, data_dir, decode=False)`` or
+      ``coco.load_coco(split, data_dir, ..., decode=False)``.
+    train: shuffle (``shuffle_buffer``, seeded), flip (``flip_prob``) and
+      draw a ``min_size`` per example; otherwise none of these.
     batch_dims: leading dims of every output, e.g. ``(devices, per_device)``;
       their product is the number of examples per batch.
     canvas: (Hc, Wc) every image is padded to; must hold the resized images.
-    min_size, max_size: resize rule (module docstring).
+    min_size: short side after resizing: an int, or a sequence to draw from
+      per example in training (evaluation uses the first value).
+    max_size: cap on the long side after resizing (module docstring).
     max_instances: N, ground truth per image after padding / dropping.
     gt_mask_size: S of the cropped mask targets.
     mean, std: per-channel normalisation of the [0, 1] RGB image.
     flip_prob: probability of a horizontal flip (training only).
-    seed: seeds the shuffle and the flips.
+    seed: seeds the shuffle, the flips and the scales.
     shuffle_buffer: examples in the shuffle buffer (training only).
     repeat: repeat forever; defaults to `train`.
     skip_examples: examples of the (shuffled, repeated) stream to skip, to
       resume training where a checkpoint left off.
     drop_remainder: drop a final partial batch; if False it is filled with
       blank examples whose ``image_id`` is -1 (so every batch has the same
-      shape) -- skip those when evaluating.
+      shape) -- skip those when evaluating. With ``canvases`` each bucket's
+      final partial batch is filled the same way.
     prefetch: batches to prefetch (0 for none).
     cache: cache the input examples in memory after the first pass.
     num_parallel_calls: parallelism of the per-example map (AUTOTUNE).
+    canvases: instead of ``canvas``: ``(landscape (Hc, Wc), portrait (Hc,
+      Wc))``, e.g. ``((800, 1344), (1344, 800))``; each batch holds images of
+      one orientation padded to its canvas (module docstring). Each canvas
+      must hold every resized image of its orientation: the long side >=
+      ``max_size``, the short side >= ``min(max(min_size), max_size)``.
 
   Returns:
     A ``tf.data.Dataset`` of batch dicts (module docstring), deterministic
@@ -358,12 +455,27 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
   if not batch_dims or any(d < 1 for d in batch_dims):
     raise ValueError(f"make_pipeline: batch_dims must be positive ints, got "
                      f"{batch_dims}")
-  canvas = tuple(int(c) for c in canvas)
-  if len(canvas) != 2 or min(canvas) < 1:
-    raise ValueError(f"make_pipeline: canvas must be (H, W), got {canvas}")
-  if not 0 < min_size <= max_size:
+  min_sizes = _min_sizes(min_size)
+  if not all(0 < s <= max_size for s in min_sizes):
     raise ValueError(f"make_pipeline: need 0 < min_size <= max_size, got "
                      f"{min_size}, {max_size}")
+  if (canvas is None) == (canvases is None):
+    raise ValueError("make_pipeline: give exactly one of canvas (H, W) and "
+                     "canvases ((H, W) landscape, (H, W) portrait)")
+  if canvas is not None:
+    canvas = _as_canvas(canvas)
+  else:
+    canvases = tuple(_as_canvas(c, "canvases[i]") for c in canvases)
+    if len(canvases) != 2:
+      raise ValueError(f"make_pipeline: canvases must be (landscape (H, W), "
+                       f"portrait (H, W)), got {canvases}")
+    short = min(max(min_sizes), max_size)
+    (lh, lw), (ph, pw) = canvases
+    if lh < short or lw < max_size or ph < max_size or pw < short:
+      raise ValueError(
+          f"make_pipeline: canvases {canvases} cannot hold every resized "
+          f"image: landscape needs H >= {short} and W >= max_size={max_size}, "
+          f"portrait H >= {max_size} and W >= {short}")
   if max_instances < 1 or gt_mask_size < 1:
     raise ValueError("make_pipeline: max_instances and gt_mask_size must be "
                      f">= 1, got {max_instances}, {gt_mask_size}")
@@ -393,38 +505,70 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
     # pipeline back where it was; enumerate from there so flips match too.
     ds = ds.skip(skip_examples)
   ds = ds.enumerate(start=skip_examples)
+  multi_scale = train and len(min_sizes) > 1
 
   def transform(index, example):
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
     if train and flip_prob > 0.0:
-      key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
       flip = tf.random.stateless_uniform([], seed=key) < flip_prob
     else:
       flip = False
+    if multi_scale:
+      # A key of its own, so the flips stay what they were without it.
+      scale_key = tf.random.experimental.stateless_fold_in(key, 1)
+      choice = tf.random.stateless_uniform(
+          [], seed=scale_key, minval=0, maxval=len(min_sizes), dtype=tf.int32)
+      size = tf.gather(tf.constant(min_sizes, tf.int32), choice)
+    else:
+      size = min_sizes[0]
     return preprocess_example(
-        example, flip=flip, canvas=canvas, min_size=min_size,
+        example, flip=flip, canvas=canvas, canvases=canvases, min_size=size,
         max_size=max_size, max_instances=max_instances,
         gt_mask_size=gt_mask_size, mean=mean, std=std)
 
   ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder,
-                num_parallel_calls=parallel, deterministic=True)
-  if not drop_remainder:
-    filler = _padding_example(canvas, max_instances, gt_mask_size)
+  if canvas is not None:
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder,
+                  num_parallel_calls=parallel, deterministic=True)
+  else:
+    portrait = tf.constant(canvases[1], tf.int32)
 
+    def bucket(example):  # 0 landscape, 1 portrait (one bucket if equal)
+      if canvases[0] == canvases[1]:
+        return tf.constant(0, tf.int64)
+      hw = tf.shape(example["image"])[:2]
+      return tf.cast(tf.reduce_all(tf.equal(hw, portrait)), tf.int64)
+
+    ds = ds.group_by_window(
+        key_func=bucket,
+        reduce_func=lambda _, window: window.batch(
+            batch_size, drop_remainder=drop_remainder),
+        window_size=batch_size)
+
+  if not drop_remainder:
     def fill(batch):
       missing = batch_size - tf.shape(batch["image_id"])[0]
+      filler = _padding_examples(missing, tf.shape(batch["image"])[1:3],
+                                 max_instances, gt_mask_size)
       out = {}
       for key, value in batch.items():
-        pad = tf.repeat(filler[key][None], missing, axis=0)
-        out[key] = tf.concat([value, pad], axis=0)
+        out[key] = tf.concat([value, filler[key]], axis=0)
         out[key].set_shape([batch_size] + value.shape[1:].as_list())
       return out
 
     ds = ds.map(fill)
 
   def reshape(batch):
-    return {key: tf.reshape(value, batch_dims + tuple(value.shape[1:]))
-            for key, value in batch.items()}
+    out = {}
+    for key, value in batch.items():
+      tail = value.shape[1:]
+      if tail.is_fully_defined():
+        out[key] = tf.reshape(value, batch_dims + tuple(tail))
+      else:
+        out[key] = tf.reshape(value, tf.concat(
+            [tf.constant(batch_dims, tf.int32), tf.shape(value)[1:]], 0))
+        out[key].set_shape(batch_dims + tuple(tail))
+    return out
 
   ds = ds.map(reshape)
   if prefetch:
