@@ -38,6 +38,10 @@ from mrcnn_jax.ops import losses as loss_ops
 
 log = logging.getLogger("mrcnn_jax")
 
+# Batch fields the train step reads (the rest, e.g. counters and ids, stay on
+# the host).
+TRAIN_KEYS = ("image", "image_size", "gt_boxes", "gt_labels", "gt_valid", "gt_masks")
+
 LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
 
 
@@ -120,7 +124,9 @@ def create_train_state(config: ml_collections.ConfigDict, rng, model=None) -> tu
   """Model and initial (unreplicated) state; loads ``config.init_checkpoint``
   (a torchvision .pth) when set."""
   model = model or build_model(config.model)
-  variables = init_params(model, rng, canvas_size=tuple(config.data.canvas))
+  # Parameter shapes do not depend on the canvas; any of the config's will do.
+  canvas = config.data.get("canvas") or config.data.canvases[0]
+  variables = init_params(model, rng, canvas_size=tuple(canvas))
   if config.get("init_checkpoint"):
     from mrcnn_jax.weights import load_torchvision_checkpoint
     variables = load_torchvision_checkpoint(config.init_checkpoint, dict(variables),
@@ -350,6 +356,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   checkpoint. Returns the final (unreplicated) state."""
   from tqdm.auto import tqdm
 
+  from mrcnn_jax.evaluate import resolve_num_classes
+  resolve_num_classes(config)  # num_classes <= 0: from the dataset's categories
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -386,11 +394,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   t_last, step_last = time.time(), start
   metrics_acc = []
+  # Ground truth the pipeline had to leave out, reported rather than dropped
+  # silently: objects beyond max_instances (the smallest go), zero-area
+  # boxes, crowd regions (never positives).
+  data_counts = {k: 0 for k in ("num_dropped", "num_invalid", "num_crowd")}
   bar = tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
              dynamic_ncols=True, mininterval=2.0)
   with _Preemption() as preempt:
     for step in range(start + 1, config.total_steps + 1):
       batch = next(batches)
+      for k in data_counts:
+        if k in batch:
+          data_counts[k] += int(np.sum(batch[k]))
+      batch = {k: v for k, v in batch.items() if k in TRAIN_KEYS}
       pstate, metrics = p_step(pstate, batch, prng)
       metrics_acc.append(metrics)
       bar.update(1)
@@ -402,6 +418,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         avg["images_per_sec"] = (step - step_last) * config.batch_size / (now - t_last)
         avg["learning_rate"] = float(schedule(step - 1))
         t_last, step_last = now, step
+        avg.update({f"data/{k}": v for k, v in data_counts.items()})
         writer.scalars(step, avg)
         writer.flush()
         bar.set_postfix(loss=f"{avg['loss']:.3f}", img_s=f"{avg['images_per_sec']:.1f}")
@@ -422,6 +439,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
+  if any(data_counts.values()):
+    log.warning("ground truth left out by the input pipeline during this run: %d objects "
+                "beyond config.data.max_instances (smallest first), %d zero-area boxes, "
+                "%d crowd regions", data_counts["num_dropped"], data_counts["num_invalid"],
+                data_counts["num_crowd"])
   state = unreplicate(pstate)
   if preempt.requested:
     raise SystemExit(f"stopped by SIGTERM at step {int(state.step)} (checkpoint saved)")

@@ -32,6 +32,13 @@ def test_train_then_evaluate_cli(tmp_path, capsys):
   assert len([p for p in os.listdir(os.path.join(wd, "samples")) if p.endswith(".png")]) == 2
   cli.main(["evaluate", "--config", str(cfg), "--workdir", wd])
   assert "bbox/AP" in capsys.readouterr().out
+  # a converted torchvision-layout checkpoint, evaluated directly (.pth and
+  # converted directory)
+  fixture = os.path.join(os.path.dirname(__file__), "data", "tiny_maskrcnn.pth")
+  wd2 = str(tmp_path / "wd_pth")
+  cli.main(["evaluate", "--config", str(cfg), "--checkpoint", fixture, "--workdir", wd2])
+  with open(os.path.join(wd2, "metrics.json")) as f:
+    assert set(KEYS) <= set(json.load(f))
 
 
 def test_cli_errors(tmp_path):
@@ -42,3 +49,34 @@ def test_cli_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     cli.main(["evaluate", "--workdir", str(tmp_path / "empty"),
               "--config.data.num_train=8", "--config.data.num_validation=4"])
+
+
+def test_custom_coco_format_train_and_evaluate(tmp_path):
+  """A user's own COCO-format data (polygons, RLE, crowd, grayscale, an empty
+  image, non-contiguous category ids) through build, pipeline, one train
+  step and COCO evaluation, with the class count taken from the json."""
+  from test_coco_data import write_dataset
+  json_path, images = write_dataset(str(tmp_path / "src"))
+  cfg = tmp_path / "tiny_custom.py"
+  cfg.write_text(
+      "from helpers import tiny_config\n\n"
+      "def get_config():\n"
+      "  c = tiny_config()\n"
+      "  d = c.data\n"
+      "  d.name = 'coco_format'\n"
+      f"  d.data_dir = {str(tmp_path / 'tfds')!r}\n"
+      f"  d.train_json = d.val_json = {json_path!r}\n"
+      f"  d.train_images = d.val_images = {images!r}\n"
+      "  d.canvases = ((64, 96), (96, 64))\n"
+      "  d.min_size = 64\n"
+      "  d.max_size = 96\n"
+      "  c.model.num_classes = 0\n"
+      "  c.class_names = ()\n"
+      "  return c\n")
+  wd = str(tmp_path / "wd")
+  cli.main(["train", "--config", str(cfg), "--workdir", wd, "--config.total_steps=1"])
+  with open(os.path.join(wd, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert metrics["step"] == 1 and set(KEYS) <= set(metrics)
+  with open(os.path.join(wd, "config.json")) as f:
+    assert json.load(f)["model"]["num_classes"] == 4  # background + 3 categories

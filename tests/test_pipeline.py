@@ -73,6 +73,7 @@ def test_batch_contract(data_dir):
       "gt_masks": ((2, 2, n, s, s), np.float32),
       "num_dropped": ((2, 2), np.int32),
       "num_invalid": ((2, 2), np.int32),
+      "num_crowd": ((2, 2), np.int32),
   }
   assert set(batch) == set(expected) == set(pipeline.OUTPUT_KEYS)
   for key, (shape, dtype) in expected.items():

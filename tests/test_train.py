@@ -95,6 +95,19 @@ def test_empty_image_trains(setup):
     assert np.isfinite(m[k][0])
 
 
+def test_bfloat16_compute_float32_params():
+  c = tiny_config()
+  c.model.dtype = "bfloat16"
+  model, state = train.create_train_state(c, jax.random.PRNGKey(0))
+  tx = train.make_optimizer(c, state.params)
+  batch = synthetic_batch(np.random.default_rng(0), batch_dims=(1, 2))
+  s, m = run_steps(model, tx, c, state, batch, jax.local_devices()[:1])
+  assert {x.dtype for x in jax.tree_util.tree_leaves(s.params)} == {jnp.dtype("float32")}
+  assert m["skipped"][0] == 0.0
+  for k in train.LOSS_NAMES:
+    assert np.isfinite(m[k][0]), k
+
+
 def batches_forever(batch_dims, on_step=None):
   rng = np.random.default_rng(0)
   i = 0

@@ -8,13 +8,15 @@ load on first attribute access, e.g. ``mrcnn_jax.data.pipeline`` or
 Submodules:
   shapes    the built-in synthetic "shapes" instance-segmentation dataset
             (TFDS builder ``mrcnn_shapes``), plus its COCO-format ground truth.
+  coco      COCO 2017 and any COCO-format dataset with instance masks (TFDS
+            builder ``mrcnn_coco``), prepared from local files.
   pipeline  tf.data pipeline: TFDS-style examples -> static-shape numpy batches.
   datasets  config -> train / eval iterators and COCO ground truth.
 """
 
 import importlib
 
-_SUBMODULES = ("shapes", "pipeline", "datasets")
+_SUBMODULES = ("shapes", "coco", "pipeline", "datasets")
 
 
 def hide_accelerators_from_tf() -> None:
