@@ -115,6 +115,7 @@ def cmd_predict(args, overrides):
   config = evaluate.resolve_num_classes(apply_overrides(load_config(args.config), overrides))
   if not args.workdir and not args.checkpoint:
     raise SystemExit("mrcnn-jax predict: give --workdir (a training run) or --checkpoint")
+  evaluate.find_images(args.images)  # fail on bad inputs before loading the model
   model = build_model(config.model, score_threshold=args.min_score)
   variables, _ = evaluate.load_inference_variables(config, model, workdir=args.workdir,
                                                    checkpoint=args.checkpoint)

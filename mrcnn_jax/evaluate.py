@@ -221,8 +221,8 @@ def _canvases(config) -> list[tuple[int, int]]:
 def predict_files(config, model, variables, inputs: Sequence[str], output_dir: str, *,
                   score_threshold: float = 0.5) -> dict:
   """Runs the model on image files; writes ``<output_dir>/<name>.png``
-  overlays and ``<output_dir>/results.json`` (COCO results format; image ids
-  are positions in ``images.json``). Unreadable images are skipped, counted
+  overlays and ``<output_dir>/results.json`` (COCO results format) with
+  ``images.json`` mapping its image ids (1-based) to the files. Unreadable images are skipped, counted
   and named. No TensorFlow needed: preprocessing is numpy.
 
   One program is compiled per canvas (orientation bucket) of the config.
@@ -243,7 +243,8 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
   canvases = _canvases(config)
   infer = jax.jit(model.apply)
   results, images, skipped = [], [], []
-  for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img"), start=1):
+  for path in tqdm(paths, desc="predict", unit="img"):
+    image_id = len(images) + 1  # ids count the images read, 1-based
     try:
       with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"))
