@@ -145,6 +145,11 @@ def create_train_state(config: ml_collections.ConfigDict, rng, model=None) -> tu
 # Update step
 # ============================================================================
 
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree_util.tree_leaves(tree)))
+
+
 def compute_losses(outputs: Mapping[str, jnp.ndarray], weights: Mapping[str, float]):
   """Named losses from ``MaskRCNN.train_outputs``; returns (total, dict)."""
   rpn_cls, rpn_box = loss_ops.rpn_losses(outputs["rpn_objectness"], outputs["rpn_deltas"],
@@ -201,7 +206,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
     new_bs = jax.lax.pmean(new_bs, axis_name)
   updates, new_opt = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(grads))
+  finite = jnp.isfinite(total) & jnp.isfinite(_global_norm(grads))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = TrainState(
       step=state.step + 1,
@@ -209,7 +214,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
       batch_stats=keep(new_bs, state.batch_stats),
       opt_state=keep(new_opt, state.opt_state),
       nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
-  metrics = dict(losses, loss=total, grad_norm=optax.global_norm(grads),
+  metrics = dict(losses, loss=total, grad_norm=_global_norm(grads),
                  skipped=(~finite).astype(jnp.float32), num_proposals=num_props,
                  num_pos_rois=num_pos)
   return new_state, metrics
