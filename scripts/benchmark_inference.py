@@ -163,8 +163,9 @@ def main(argv=None) -> int:
   variables = jax.device_put(variables)
 
   # --- inputs ----------------------------------------------------------------
-  mean = np.asarray(config.input.mean, np.float32)
-  std = np.asarray(config.input.std, np.float32)
+  from mrcnn_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
+  mean = np.asarray(IMAGENET_MEAN, np.float32)
+  std = np.asarray(IMAGENET_STD, np.float32)
   images = jax.device_put(np.broadcast_to((image - mean) / std, (b, H, W, 3)).copy())
   image_sizes = jax.device_put(np.tile(np.asarray([[H, W]], np.int32), (b, 1)))
 

@@ -112,13 +112,20 @@ def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
   rows = jnp.stack([y_lo, y_hi], axis=1) * width  # [Py, 2]
   cols = jnp.stack([x_lo, x_hi], axis=1)  # [Px, 2]
   idx = offset + rows[:, :, None, None] + cols[None, None, :, :]  # [Py,2,Px,2]
-  gathered = flat[idx]  # [Py, 2, Px, 2, C]
   wy = jnp.stack([wy_lo, wy_hi], axis=1)  # [Py, 2]
   wx = jnp.stack([wx_lo, wx_hi], axis=1)  # [Px, 2]
-  vals = jnp.einsum("yaxbc,ya,xb->yxc", gathered.astype(jnp.float32), wy, wx)
-  c = vals.shape[-1]
-  vals = vals.reshape(out_h, sampling_ratio, out_w, sampling_ratio, c)
-  return vals.mean(axis=(1, 3)).astype(flat.dtype)
+  # One weight per gathered vector, with the bin average folded in, so the
+  # reduction is a single weighted sum with channels innermost.
+  w = (wy[:, :, None, None] * wx[None, None, :, :]) / (sampling_ratio * sampling_ratio)
+  sr = sampling_ratio
+  c = flat.shape[-1]
+  # [h, sr, 2, w, sr, 2] -> [h, w, sr*2*sr*2] so each output bin sums one axis.
+  idx = idx.reshape(out_h, sr, 2, out_w, sr, 2).transpose(0, 3, 1, 2, 4, 5).reshape(
+      out_h, out_w, -1)
+  w = w.reshape(out_h, sr, 2, out_w, sr, 2).transpose(0, 3, 1, 2, 4, 5).reshape(
+      out_h, out_w, -1)
+  gathered = flat[idx].astype(jnp.float32)  # [h, w, 4 sr^2, C]
+  return jnp.einsum("hwkc,hwk->hwc", gathered, w).astype(flat.dtype)
 
 
 def _check_sampling_ratio(sampling_ratio):
