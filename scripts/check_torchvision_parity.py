@@ -38,7 +38,8 @@ runs on CPU): a separate virtualenv, e.g.
 
   python3 -m venv /tmp/tvenv && mkdir -p /tmp/empty
   PIP_FIND_LINKS=/tmp/empty /tmp/tvenv/bin/pip install torch==2.13.0 torchvision==0.28.0
-  /tmp/tvenv/bin/pip install -e '.[test]'     # mrcnn_jax, jax, flax, scikit-image
+  /tmp/tvenv/bin/pip install jax flax optax orbax-checkpoint ml-collections scikit-image
+  /tmp/tvenv/bin/pip install --no-deps -e .   # mrcnn_jax itself, without TensorFlow
   /tmp/tvenv/bin/python scripts/check_torchvision_parity.py
 
 (``PIP_FIND_LINKS`` pointing at an empty folder stops pip from picking a

@@ -425,3 +425,38 @@ def test_unknown_category_and_bad_polygons_are_skipped_and_counted(
   expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(
       [_rect(60, 35, 75, 55)], 60, 80))).astype(bool)
   np.testing.assert_array_equal(mask, expected)
+
+
+def test_coco2017_manual_dir_layout(tmp_path):
+  """The COCO 2017 layout (train2017/, val2017/, annotations/instances_*.json)
+  read from a manual directory, through datasets.py's "coco" route."""
+  import shutil
+  import ml_collections
+  json_path, images_dir = write_dataset(str(tmp_path / "src"))
+  root = tmp_path / "coco"
+  (root / "annotations").mkdir(parents=True)
+  for split in ("train2017", "val2017"):
+    shutil.copytree(images_dir, root / split)
+    shutil.copy(json_path, root / "annotations" / f"instances_{split}.json")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  d = config.data = ml_collections.ConfigDict()
+  d.name = "coco"
+  d.data_dir = str(tmp_path / "tfds")
+  d.manual_dir = str(root)
+  d.canvases = CANVASES
+  d.min_size = 64
+  d.max_size = 96
+  d.max_instances = 4
+  d.gt_mask_size = 14
+  d.flip_prob = 0.0
+  d.shuffle_buffer = 4
+  assert datasets.label_to_category_id(config) == LABEL_MAP
+  assert datasets.class_names(config) == ["background"] + NAMES
+  assert datasets.eval_coco_gt(config) == str(root / "annotations" / "instances_val2017.json")
+  ids = sorted(int(i) for b in datasets.eval_iterator(config, (2,)) for i in b["image_id"]
+               if i >= 0)
+  assert ids == [1, 2, 5, 9, 11]
+  with pytest.raises(FileNotFoundError, match="train2017"):
+    shutil.rmtree(root / "train2017")
+    coco.coco_builder(str(tmp_path / "tfds2"), manual_dir=str(root))
