@@ -62,6 +62,29 @@ _IOU_TYPES = ("bbox", "segm")
 # ----------------------------------------------------------------------------
 
 
+def check_detections(boxes_xyxy, scores, labels):
+    """Validates one image's detections: boxes [N, 4], scores [N], integer
+    labels [N]. Returns them as float64, float64, int64 arrays."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes_xyxy must have shape [N, 4], got {boxes.shape}")
+    n = boxes.shape[0]
+    if scores.shape != (n,):
+        raise ValueError(
+            f"scores must have shape [N] = [{n}] to match boxes_xyxy, got {scores.shape}"
+        )
+    if labels.shape != (n,):
+        raise ValueError(
+            f"labels must have shape [N] = [{n}] to match boxes_xyxy, got {labels.shape}"
+        )
+    if n and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    return boxes, scores, labels.astype(np.int64)
+
+
 def detections_to_coco(
     image_id: int,
     boxes_xyxy: np.ndarray,
@@ -95,24 +118,8 @@ def detections_to_coco(
       ValueError: on shape mismatches or a label missing from
         ``label_to_category_id``.
     """
-    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes_xyxy must have shape [N, 4], got {boxes.shape}")
+    boxes, scores, labels = check_detections(boxes_xyxy, scores, labels)
     n = boxes.shape[0]
-    if scores.shape != (n,):
-        raise ValueError(
-            f"scores must have shape [N] = [{n}] to match boxes_xyxy, got {scores.shape}"
-        )
-    if labels.shape != (n,):
-        raise ValueError(
-            f"labels must have shape [N] = [{n}] to match boxes_xyxy, got {labels.shape}"
-        )
-    if n and not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
 
     rles = None
     if masks is not None:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mrcnn_jax.coco_eval import check_detections
+
 __all__ = ["draw_detections", "instance_color", "save_png"]
 
 _GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
@@ -86,17 +88,8 @@ def draw_detections(
     """
     image = _check_image(image)
     h, w = image.shape[:2]
-    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes_xyxy must have shape [N, 4], got {boxes.shape}")
+    boxes, scores, labels = check_detections(boxes_xyxy, scores, labels)
     n = boxes.shape[0]
-    if scores.shape != (n,):
-        raise ValueError(f"scores must have shape [N] = [{n}], got {scores.shape}")
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape [N] = [{n}], got {labels.shape}")
-    labels = labels.astype(np.int64)
     if masks is not None:
         masks = np.asarray(masks)
         if masks.shape != (n, h, w):

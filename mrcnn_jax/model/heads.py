@@ -21,6 +21,24 @@ _normal0001 = nn.initializers.normal(0.001)
 _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def _flatten_rois(x, dtype):
+  """[B, R, h, w, C] -> [B * R, h, w, C]."""
+  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]).astype(dtype)
+
+
+def _conv_stack(x, dims: Sequence[int], norm_kind, dtype, prefix: str):
+  """3x3 conv (+ norm) + ReLU per entry of ``dims``; layers are named
+  ``{prefix}{i}`` (1-based) as torchvision / Detectron2 name them. Called
+  from inside a compact ``__call__``, so the layers belong to that module."""
+  norm = make_norm(norm_kind, dtype=dtype)
+  for i, dim in enumerate(dims):
+    x = nn.Conv(dim, (3, 3), padding=((1, 1), (1, 1)),
+                use_bias=norm_kind in (None, "none", ""), dtype=dtype,
+                kernel_init=_kaiming_fan_out, name=f"{prefix}{i + 1}")(x)
+    x = nn.relu(norm(name=f"{prefix}{i + 1}_norm")(x))
+  return x
+
+
 class RPNHead(nn.Module):
   """Shared 3x3 conv + ReLU, then objectness (A) and box deltas (4A).
 
@@ -65,13 +83,8 @@ class BoxHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, r = x.shape[:2]
-    x = x.reshape((b * r,) + x.shape[2:]).astype(self.dtype)
-    norm = make_norm(self.norm, dtype=self.dtype)
-    for i in range(self.num_conv):
-      x = nn.Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)),
-                  use_bias=self.norm in (None, "none", ""), dtype=self.dtype,
-                  kernel_init=_kaiming_fan_out, name=f"conv{i + 1}")(x)
-      x = nn.relu(norm(name=f"conv{i + 1}_norm")(x))
+    x = _conv_stack(_flatten_rois(x, self.dtype), (self.conv_dim,) * self.num_conv,
+                    self.norm, self.dtype, "conv")
     x = x.reshape(b * r, -1)
     for i in range(self.num_fc):
       x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name=f"fc{i + 6}")(x))
@@ -108,13 +121,8 @@ class MaskHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, r = x.shape[:2]
-    x = x.reshape((b * r,) + x.shape[2:]).astype(self.dtype)
-    norm = make_norm(self.norm, dtype=self.dtype)
-    for i, dim in enumerate(self.conv_dims):
-      x = nn.Conv(dim, (3, 3), padding=((1, 1), (1, 1)),
-                  use_bias=self.norm in (None, "none", ""), dtype=self.dtype,
-                  kernel_init=_kaiming_fan_out, name=f"mask_fcn{i + 1}")(x)
-      x = nn.relu(norm(name=f"mask_fcn{i + 1}_norm")(x))
+    x = _conv_stack(_flatten_rois(x, self.dtype), self.conv_dims, self.norm, self.dtype,
+                    "mask_fcn")
     x = nn.relu(Upsample2x(self.deconv_dim, dtype=self.dtype, name="conv5_mask")(x))
     out = 1 if self.class_agnostic else self.num_classes
     # Detectron2 initialises the predictor with std 0.001 so the first mask
