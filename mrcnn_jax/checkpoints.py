@@ -3,7 +3,6 @@ with orbax, next to the config that built them."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 

@@ -127,8 +127,7 @@ def label_map_for(config):
   if config.get("label_space", "contiguous") == "coco_ids":
     return None  # torchvision's 91-slot labels are the category ids
   from mrcnn_jax.data import datasets
-  fn = getattr(datasets, "label_to_category_id", None)
-  return fn(config) if fn else None
+  return datasets.label_to_category_id(config)
 
 
 def load_inference_variables(config, model, *, workdir: str | None = None,
@@ -223,7 +222,8 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
   """Runs the model on image files; writes ``<output_dir>/<name>.png``
   overlays and ``<output_dir>/results.json`` (COCO results format) with
   ``images.json`` mapping its image ids (1-based) to the files. Unreadable images are skipped, counted
-  and named. No TensorFlow needed: preprocessing is numpy.
+  and named. Preprocessing is numpy; only the label -> category id map of a
+  contiguous label space reads the dataset's metadata (TensorFlow).
 
   One program is compiled per canvas (orientation bucket) of the config.
   """
@@ -237,7 +237,7 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
   paths = find_images(inputs)
   os.makedirs(output_dir, exist_ok=True)
   names = class_names_for(config)
-  label_map = label_map_for(config) if config.get("label_space") != "coco_ids" else None
+  label_map = label_map_for(config)
   min_size = config.data.min_size
   min_size = min_size[0] if isinstance(min_size, (tuple, list)) else min_size
   canvases = _canvases(config)

@@ -17,12 +17,11 @@ the input pipeline (``mrcnn_jax.data``) does, and it is imported lazily.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import flax
 import flax.struct

@@ -57,8 +57,10 @@ import time
 
 import numpy as np
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+from mrcnn_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+MEAN = np.array(IMAGENET_MEAN, np.float32)
+STD = np.array(IMAGENET_STD, np.float32)
 
 
 def load_images():
@@ -145,7 +147,6 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   import jax
-  import jax.numpy as jnp
   import torch
 
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))

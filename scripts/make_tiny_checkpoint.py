@@ -20,22 +20,10 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from helpers import tiny_config  # noqa: E402
+from test_weights import to_torch_layout  # noqa: E402
 
 from mrcnn_jax.model import build_model, init_params  # noqa: E402
 from mrcnn_jax.weights import torchvision_key  # noqa: E402
-
-
-def torch_layout(path, x, pool=7):
-  if path[-1] != "kernel":
-    return x
-  if path[-2] == "conv5_mask":
-    return x.transpose(2, 3, 0, 1)
-  if path[-2] == "fc6":
-    c = x.shape[0] // (pool * pool)
-    return x.reshape(pool, pool, c, -1).transpose(3, 2, 0, 1).reshape(x.shape[1], -1)
-  if x.ndim == 2:
-    return x.T
-  return x.transpose(3, 2, 0, 1)
 
 
 def main():
@@ -48,7 +36,7 @@ def main():
     if path[-1] == "var":
       val = np.abs(val) + 0.5
     sd[torchvision_key(path)] = torch.from_numpy(
-        np.ascontiguousarray(torch_layout(path, val)))
+        np.ascontiguousarray(to_torch_layout(path, val)))
   out = os.path.join(ROOT, "tests", "data", "tiny_maskrcnn.pth")
   torch.save(sd, out)
   print(f"wrote {out}: {len(sd)} tensors, {os.path.getsize(out) / 1024:.0f} KiB")

@@ -5,7 +5,6 @@ fixed seed. Batches are synthetic numpy (no TensorFlow needed)."""
 import os
 import signal
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -122,7 +122,6 @@ import math
 import os
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from etils import epath
 import numpy as np
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
@@ -130,6 +129,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrcnn_jax.data import hide_accelerators_from_tf
+from mrcnn_jax.data.tfds_util import SourceFileCodePath, png_bytes
 
 hide_accelerators_from_tf()
 
@@ -539,12 +539,6 @@ def _check_files(path: str, images_dir: str, images: list[_Image]) -> None:
 # ------------------------------------------------------------------------------
 
 
-def _png(array: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  PILImage.fromarray(array).save(buf, format="PNG", compress_level=1)
-  return buf.getvalue()
-
-
 def _image_bytes(file_path: str, image: _Image) -> tuple[bytes, bool]:
   """(bytes to store, whether they were re-encoded); raises ValueError naming
   the file if it does not decode to the json's size."""
@@ -556,7 +550,7 @@ def _image_bytes(file_path: str, image: _Image) -> tuple[bytes, bool]:
       fmt = pil.format
       if fmt not in ("JPEG", "PNG"):
         pil.load()
-        data = _png(np.asarray(pil.convert("RGB")))
+        data = png_bytes(np.asarray(pil.convert("RGB")))
   except Exception as e:  # PIL raises many types for bad files.
     raise ValueError(f"{where} cannot be read as an image: {e}") from e
   # Decode with the pipeline's own decoder, so what passes here decodes there.
@@ -587,7 +581,7 @@ def _object_feature(obj: _Object, height: int, width: int) -> dict[str, Any]:
       "category_id": obj.category_id,
       "is_crowd": obj.is_crowd,
       # 8-bit 0/1: decodes ~1.8x faster in the pipeline than a 1-bit PNG.
-      "mask": _png(np.ascontiguousarray(mask)),
+      "mask": png_bytes(np.ascontiguousarray(mask)),
       "area": obj.area if obj.area is not None else float(
           mask_utils.area(rle)),
   }
@@ -634,7 +628,7 @@ def _source_fingerprint(path: str) -> dict[str, Any]:
   return {"size": int(st.st_size), "mtime": float(st.st_mtime)}
 
 
-class MrcnnCoco(tfds.core.GeneratorBasedBuilder):
+class MrcnnCoco(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   """COCO-format instance segmentation (boxes, classes, crowd, masks)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -642,13 +636,6 @@ class MrcnnCoco(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [COCO2017]
   DEFAULT_CONFIG_NAME = "coco2017"
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-
-  # As in shapes.py: name the source file directly (importlib_resources may be
-  # missing in TFDS 4.9.x).
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

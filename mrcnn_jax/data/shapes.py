@@ -48,21 +48,19 @@ from __future__ import annotations
 
 import colorsys
 import dataclasses
-import io
 import json
 import logging
 import os
 import struct
 from typing import Any, Iterator
 
-from etils import epath
 import numpy as np
-from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrcnn_jax.data import hide_accelerators_from_tf
+from mrcnn_jax.data.tfds_util import SourceFileCodePath, png_bytes
 
 hide_accelerators_from_tf()
 
@@ -200,13 +198,6 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index)])
 
 
-def _png(array: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  # compress_level 1: noisy images barely compress anyway, and it is ~5x faster.
-  PILImage.fromarray(array).save(buf, format="PNG", compress_level=1)
-  return buf.getvalue()
-
-
 def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
   """(y0, x0, y1, x1) of a non-empty bool mask, continuous pixel coordinates."""
   rows = np.flatnonzero(mask.any(axis=1))
@@ -258,21 +249,13 @@ def shapes_config(num_train: int = DEFAULT_NUM_TRAIN,
       seed=int(seed))
 
 
-class MrcnnShapes(tfds.core.GeneratorBasedBuilder):
+class MrcnnShapes(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   """Synthetic squares, circles and triangles with instance masks."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [_DEFAULT_CONFIG]
   DEFAULT_CONFIG_NAME = "default"
-
-  # TFDS 4.9.x finds a builder's source through `importlib_resources`, which
-  # is not always installed (ModuleNotFoundError in download_and_prepare);
-  # name the file directly instead.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -316,11 +299,11 @@ class MrcnnShapes(tfds.core.GeneratorBasedBuilder):
             "bbox": tfds.features.BBox(ymin=y0 / h, xmin=x0 / w,
                                        ymax=y1 / h, xmax=x1 / w),
             "label": int(label),
-            "mask": _png(mask.astype(np.uint8)),  # decodes to [H, W, 1]
+            "mask": png_bytes(mask.astype(np.uint8)),  # decodes to [H, W, 1]
             "area": int(mask.sum()),
         })
       yield index, {
-          "image": _png(ex["image"]),
+          "image": png_bytes(ex["image"]),
           "image_id": index + 1,
           "num_occluded": ex["num_occluded"],
           "objects": objects,

@@ -116,14 +116,14 @@ def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
   wx = jnp.stack([wx_lo, wx_hi], axis=1)  # [Px, 2]
   # One weight per gathered vector, with the bin average folded in, so the
   # reduction is a single weighted sum with channels innermost.
-  w = (wy[:, :, None, None] * wx[None, None, :, :]) / (sampling_ratio * sampling_ratio)
   sr = sampling_ratio
-  c = flat.shape[-1]
-  # [h, sr, 2, w, sr, 2] -> [h, w, sr*2*sr*2] so each output bin sums one axis.
-  idx = idx.reshape(out_h, sr, 2, out_w, sr, 2).transpose(0, 3, 1, 2, 4, 5).reshape(
-      out_h, out_w, -1)
-  w = w.reshape(out_h, sr, 2, out_w, sr, 2).transpose(0, 3, 1, 2, 4, 5).reshape(
-      out_h, out_w, -1)
+  w = (wy[:, :, None, None] * wx[None, None, :, :]) / (sr * sr)
+
+  def by_bin(a):  # [h*sr, 2, w*sr, 2] -> [h, w, sr*2*sr*2]: one axis per bin
+    return a.reshape(out_h, sr, 2, out_w, sr, 2).transpose(0, 3, 1, 2, 4, 5).reshape(
+        out_h, out_w, -1)
+
+  idx, w = by_bin(idx), by_bin(w)
   gathered = flat[idx].astype(jnp.float32)  # [h, w, 4 sr^2, C]
   return jnp.einsum("hwkc,hwk->hwc", gathered, w).astype(flat.dtype)
 
