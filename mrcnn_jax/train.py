@@ -158,7 +158,8 @@ def compute_losses(outputs: Mapping[str, jnp.ndarray], weights: Mapping[str, flo
                                  outputs["roi_labels"], outputs["roi_target_deltas"],
                                  outputs["roi_is_pos"], outputs["roi_valid"])
   mask = loss_ops.mask_loss(outputs["mask_logits"], outputs["mask_labels"],
-                            outputs["mask_targets"], outputs["mask_is_pos"])
+                            outputs["mask_targets"], outputs["mask_valid"],
+                            outputs["mask_batch_index"], outputs["roi_labels"].shape[0])
   losses = {"loss_rpn_cls": rpn_cls, "loss_rpn_box": rpn_box, "loss_cls": cls,
             "loss_box": box, "loss_mask": mask}
   total = sum(weights[k] * v for k, v in losses.items())
@@ -191,12 +192,12 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
                       mutable=["batch_stats"] if has_bs else False)
     outputs, updates = out if has_bs else (out, {})
     total, losses = compute_losses(outputs, loss_weights)
-    aux = (losses, updates.get("batch_stats", state.batch_stats),
-           outputs["num_proposals"].mean(),
-           outputs["roi_is_pos"].sum(axis=1).mean())
-    return total, aux
+    counts = {"num_proposals": outputs["num_proposals"].mean(),
+              "num_pos_rois": outputs["roi_is_pos"].sum(axis=1).mean(),
+              "num_mask_rois_left_out": outputs["num_mask_rois_left_out"]}
+    return total, (losses, updates.get("batch_stats", state.batch_stats), counts)
 
-  (total, (losses, new_bs, num_props, num_pos)), grads = jax.value_and_grad(
+  (total, (losses, new_bs, counts)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   if axis_name:
     grads = jax.lax.pmean(grads, axis_name)
@@ -214,8 +215,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
       opt_state=keep(new_opt, state.opt_state),
       nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
   metrics = dict(losses, loss=total, grad_norm=_global_norm(grads),
-                 skipped=(~finite).astype(jnp.float32), num_proposals=num_props,
-                 num_pos_rois=num_pos)
+                 skipped=(~finite).astype(jnp.float32), **counts)
   return new_state, metrics
 
 

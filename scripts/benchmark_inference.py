@@ -58,12 +58,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 
 import numpy as np
+
+from bench_common import cpu_name, import_torch, median_seconds, usable_cores
 
 H, W = 800, 1088  # a multiple of 32 each; torchvision's resize is the identity
 
@@ -75,45 +75,6 @@ def load_image(name: str) -> np.ndarray:
   img = getattr(data, name)()
   img = Image.fromarray(img).resize((W, H), Image.BILINEAR)
   return np.asarray(img, np.float32) / 255.0
-
-
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
-def median_seconds(fn, runs: int, warmup: int = 1) -> tuple[float, list[float]]:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), times
-
-
-def import_torch():
-  """(torch, torchvision) or (None, reason)."""
-  try:
-    import torch
-    import torchvision
-  except Exception as e:  # ImportError, or a broken CUDA/torch install
-    return None, f"{type(e).__name__}: {e}"
-  return (torch, torchvision), None
 
 
 def main(argv=None) -> int:

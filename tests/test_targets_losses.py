@@ -138,16 +138,44 @@ def test_loss_primitives():
 
 def test_mask_loss_only_gt_class_gets_gradient():
   rng = np.random.default_rng(0)
-  logits = jnp.asarray(rng.standard_normal((1, 2, 4, 4, 3)), jnp.float32)
-  labels = jnp.asarray([[2, 1]])
-  targets = jnp.asarray(rng.uniform(size=(1, 2, 4, 4)) > 0.5, jnp.float32)
-  is_pos = jnp.asarray([[True, False]])
-  g = jax.grad(lambda l: L.mask_loss(l, labels, targets, is_pos))(logits)
+  logits = jnp.asarray(rng.standard_normal((2, 4, 4, 3)), jnp.float32)
+  labels = jnp.asarray([2, 1])
+  targets = jnp.asarray(rng.uniform(size=(2, 4, 4)) > 0.5, jnp.float32)
+  valid = jnp.asarray([True, False])
+  img = jnp.asarray([0, 0])
+  g = jax.grad(lambda l: L.mask_loss(l, labels, targets, valid, img, 1))(logits)
   g = np.abs(np.asarray(g))
-  assert g[0, 0, ..., 2].sum() > 0
-  assert g[0, 0, ..., :2].sum() == 0 and g[0, 1].sum() == 0
+  assert g[0, ..., 2].sum() > 0
+  assert g[0, ..., :2].sum() == 0 and g[1].sum() == 0
   # no positives -> 0, finite
-  assert float(L.mask_loss(logits, labels, targets, jnp.zeros((1, 2), bool))) == 0.0
+  assert float(L.mask_loss(logits, labels, targets, jnp.zeros((2,), bool), img, 1)) == 0.0
+
+
+def test_mask_loss_is_a_per_image_mean_over_packed_rois():
+  """Image 0 has two mask RoIs, image 1 one, image 2 none: the loss is the
+  mean over images of each image's mean RoI loss (0 for image 2)."""
+  logits = jnp.asarray([1.0, -2.0, 0.5, 3.0]).reshape(4, 1, 1, 1)
+  targets = jnp.asarray([1.0, 0.0, 0.0, 1.0]).reshape(4, 1, 1)
+  valid = jnp.asarray([True, True, True, False])
+  img = jnp.asarray([0, 1, 0, 2])
+  per = np.asarray(L.sigmoid_bce(logits[:, 0, 0, 0], targets[:, 0, 0]))
+  want = ((per[0] + per[2]) / 2 + per[1] + 0.0) / 3
+  got = L.mask_loss(logits, jnp.zeros(4, jnp.int32), targets, valid, img, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_pack_positive_rois_round_robin():
+  is_pos = jnp.asarray([[True, True, True, False],
+                        [True, False, False, False],
+                        [False, False, False, False]])
+  img, roi, valid = T.pack_positive_rois(is_pos, 4)
+  # round-robin: image 0's and 1's first positives, then image 0's second ...
+  assert img.tolist() == [0, 1, 0, 0] and roi.tolist() == [0, 0, 1, 2]
+  assert valid.tolist() == [True] * 4
+  img, roi, valid = T.pack_positive_rois(is_pos, 3)  # one positive left out
+  assert list(zip(img.tolist(), roi.tolist())) == [(0, 0), (1, 0), (0, 1)]
+  img, roi, valid = T.pack_positive_rois(is_pos, 14)  # more slots than RoIs
+  assert valid.tolist() == [True] * 4 + [False] * 10 and img.shape == (14,)
 
 
 def test_empty_image_losses_finite():

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mrcnn_jax.model.layers import make_norm, nearest_resize
+from mrcnn_jax.model.layers import Conv, make_norm, nearest_resize
 
 _init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")  # kaiming_uniform(a=1)
 
@@ -31,10 +31,8 @@ class FPN(nn.Module):
     norm = make_norm(self.norm, dtype=self.dtype)
 
     def block(x, kernel, name):
-      pad = kernel // 2
-      x = nn.Conv(self.channels, (kernel, kernel), padding=((pad, pad), (pad, pad)),
-                  use_bias=use_bias, dtype=self.dtype, kernel_init=_init,
-                  name=name)(x)
+      x = Conv(self.channels, kernel, use_bias=use_bias, dtype=self.dtype, kernel_init=_init,
+               name=name)(x)
       return norm(name=f"{name}_norm")(x)
 
     n = len(features)

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mrcnn_jax.model.layers import Upsample2x, make_norm
+from mrcnn_jax.model.layers import Conv, Upsample2x, make_norm
 
 _normal001 = nn.initializers.normal(0.01)
 _normal0001 = nn.initializers.normal(0.001)
@@ -22,8 +22,8 @@ _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _flatten_rois(x, dtype):
-  """[B, R, h, w, C] -> [B * R, h, w, C]."""
-  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]).astype(dtype)
+  """[..., h, w, C] (e.g. [B, R, ...] or packed [N, ...]) -> [prod(...), h, w, C]."""
+  return x.reshape((-1,) + x.shape[-3:]).astype(dtype)
 
 
 def _conv_stack(x, dims: Sequence[int], norm_kind, dtype, prefix: str):
@@ -32,9 +32,8 @@ def _conv_stack(x, dims: Sequence[int], norm_kind, dtype, prefix: str):
   from inside a compact ``__call__``, so the layers belong to that module."""
   norm = make_norm(norm_kind, dtype=dtype)
   for i, dim in enumerate(dims):
-    x = nn.Conv(dim, (3, 3), padding=((1, 1), (1, 1)),
-                use_bias=norm_kind in (None, "none", ""), dtype=dtype,
-                kernel_init=_kaiming_fan_out, name=f"{prefix}{i + 1}")(x)
+    x = Conv(dim, 3, use_bias=norm_kind in (None, "none", ""), dtype=dtype,
+             kernel_init=_kaiming_fan_out, name=f"{prefix}{i + 1}")(x)
     x = nn.relu(norm(name=f"{prefix}{i + 1}_norm")(x))
   return x
 
@@ -51,14 +50,13 @@ class RPNHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: Sequence):
-    convs = [nn.Conv(f.shape[-1] if i == 0 else features[0].shape[-1], (3, 3),
-                     padding=((1, 1), (1, 1)), dtype=self.dtype, kernel_init=_normal001,
-                     name=f"conv_{i}")
+    convs = [Conv(f.shape[-1] if i == 0 else features[0].shape[-1], 3, dtype=self.dtype,
+                  kernel_init=_normal001, name=f"conv_{i}")
              for i, f in zip(range(self.conv_depth), features)]
-    cls = nn.Conv(self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=_normal001,
-                  name="cls_logits")
-    box = nn.Conv(4 * self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=_normal001,
-                  name="bbox_pred")
+    cls = Conv(self.num_anchors, 1, dtype=self.dtype, kernel_init=_normal001,
+               name="cls_logits")
+    box = Conv(4 * self.num_anchors, 1, dtype=self.dtype, kernel_init=_normal001,
+               name="bbox_pred")
     logits, deltas = [], []
     for f in features:
       x = f
@@ -71,8 +69,9 @@ class RPNHead(nn.Module):
 
 
 class BoxHead(nn.Module):
-  """Optional convs then fcs on pooled RoI features [B, R, h, w, C] ->
-  [B, R, fc_dim] (torchvision's TwoMLPHead when num_conv = 0)."""
+  """Optional convs then fcs on pooled RoI features [..., h, w, C] ->
+  [..., fc_dim] (torchvision's TwoMLPHead when num_conv = 0); the leading
+  axes are [B, R] or a packed [N]."""
   num_conv: int = 0
   conv_dim: int = 256
   num_fc: int = 2
@@ -82,13 +81,13 @@ class BoxHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    b, r = x.shape[:2]
+    lead = x.shape[:-3]
     x = _conv_stack(_flatten_rois(x, self.dtype), (self.conv_dim,) * self.num_conv,
                     self.norm, self.dtype, "conv")
-    x = x.reshape(b * r, -1)
+    x = x.reshape(x.shape[0], -1)
     for i in range(self.num_fc):
       x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name=f"fc{i + 6}")(x))
-    return x.reshape(b, r, -1)
+    return x.reshape(lead + (-1,))
 
 
 class BoxPredictor(nn.Module):
@@ -108,8 +107,9 @@ class BoxPredictor(nn.Module):
 class MaskHead(nn.Module):
   """FCN mask head: convs, a 2x deconv, and a 1x1 conv to K per-class logits.
 
-  [B, R, m, m, C] -> mask logits [B, R, 2m, 2m, K]. With ``class_agnostic``
-  the last conv has one channel, used for every class.
+  [..., m, m, C] -> mask logits [..., 2m, 2m, K], the leading axes [B, R] or
+  a packed [N]. With ``class_agnostic`` the last conv has one channel, used
+  for every class.
   """
   num_classes: int
   conv_dims: Sequence[int] = (256, 256, 256, 256)
@@ -120,13 +120,12 @@ class MaskHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    b, r = x.shape[:2]
+    lead = x.shape[:-3]
     x = _conv_stack(_flatten_rois(x, self.dtype), self.conv_dims, self.norm, self.dtype,
                     "mask_fcn")
     x = nn.relu(Upsample2x(self.deconv_dim, dtype=self.dtype, name="conv5_mask")(x))
     out = 1 if self.class_agnostic else self.num_classes
     # Detectron2 initialises the predictor with std 0.001 so the first mask
     # losses are ~log 2 instead of saturated sigmoids.
-    x = nn.Conv(out, (1, 1), dtype=self.dtype, kernel_init=_normal0001,
-                name="mask_fcn_logits")(x)
-    return x.reshape((b, r) + x.shape[1:])
+    x = Conv(out, 1, dtype=self.dtype, kernel_init=_normal0001, name="mask_fcn_logits")(x)
+    return x.reshape(lead + x.shape[1:])

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrcnn_jax.ops.conv import conv2d
+
 Dtype = Any
 
 
@@ -78,14 +80,45 @@ def make_norm(kind: Optional[str], *, train: bool = False, dtype: Dtype = jnp.fl
   raise ValueError(f"unknown norm {kind!r}; expected 'frozen_bn', 'bn', 'gn' or None")
 
 
+class Conv(nn.Module):
+  """2-D convolution with PyTorch-style symmetric padding ``kernel // 2``.
+
+  The parameters are those of ``flax.linen.Conv`` (``kernel`` [k, k, C /
+  groups, D] and ``bias`` [D], float32), so checkpoints do not depend on this
+  class; the arithmetic is ``ops.conv.conv2d``, whose gradients are fast on
+  XLA:CPU too.
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  groups: int = 1
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    k, c = self.kernel_size, x.shape[-1]
+    if c % self.groups:
+      raise ValueError(f"{self.name}: {c} input channels are not divisible into "
+                       f"{self.groups} groups")
+    kernel = self.param("kernel", self.kernel_init, (k, k, c // self.groups, self.features),
+                        jnp.float32)
+    pad = k // 2
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride,
+               padding=((pad, pad), (pad, pad)), groups=self.groups)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return y
+
+
 def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1,
          use_bias: bool = False, dtype: Dtype = jnp.float32, name: str | None = None,
          kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal")):
-  """Conv with PyTorch-style symmetric padding ``kernel // 2``."""
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                 use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, name=name)
+  """The backbone's convolution: no bias, Kaiming fan-out init."""
+  return Conv(features, kernel, stride, groups=groups, use_bias=use_bias, dtype=dtype,
+              kernel_init=kernel_init, name=name)
 
 
 class Upsample2x(nn.Module):

@@ -112,6 +112,10 @@ class MaskRCNN(nn.Module):
   roi_bg_iou: float = 0.5
   roi_batch_per_image: int = 512
   roi_positive_fraction: float = 0.25
+  # Mask head slots per image, shared by the batch (``ops.targets.
+  # pack_positive_rois``); None: every image's positive slots
+  # (roi_batch_per_image * roi_positive_fraction), so none is ever left out.
+  mask_rois_per_image: Optional[int] = None
   # numerics
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
@@ -159,10 +163,11 @@ class MaskRCNN(nn.Module):
         nms_threshold=self.rpn_nms_threshold, min_size=self.rpn_min_size,
         score_threshold=self.rpn_score_threshold)
 
-  def pool(self, features, boxes, canvas_size, size: int):
+  def pool(self, features, boxes, canvas_size, size: int, batch_index=None):
     """Multi-level RoIAlign over P2..P5 (P6 is for the RPN only)."""
     return multilevel_roi_align(
-        features[:4], boxes, size, canvas_size=canvas_size, first_level=2,
+        features[:4], boxes, size, canvas_size=canvas_size, batch_index=batch_index,
+        first_level=2,
         sampling_ratio=self.sampling_ratio, aligned=self.aligned,
         canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
 
@@ -171,9 +176,11 @@ class MaskRCNN(nn.Module):
     x = self.box_head(self.pool(features, rois, canvas_size, self.box_pool_size))
     return self.box_predictor(x)
 
-  def mask_outputs(self, features, rois, canvas_size):
-    """RoIs [B, R, 4] -> mask logits [B, R, M, M, K] (K = 1 if class-agnostic)."""
-    return self.mask_head(self.pool(features, rois, canvas_size, self.mask_pool_size))
+  def mask_outputs(self, features, rois, canvas_size, batch_index=None):
+    """RoIs [B, R, 4] -> mask logits [B, R, M, M, K] (K = 1 if class-agnostic);
+    or packed RoIs [N, 4] of images ``batch_index`` [N] -> [N, M, M, K]."""
+    return self.mask_head(self.pool(features, rois, canvas_size, self.mask_pool_size,
+                                    batch_index))
 
   # ---- inference -----------------------------------------------------------
 
@@ -216,6 +223,69 @@ class MaskRCNN(nn.Module):
 
   # ---- training --------------------------------------------------------------
 
+  def num_mask_slots(self, batch_size: int) -> int:
+    """Mask head RoIs per step on one device: the positive slots of each
+    image, or ``mask_rois_per_image`` of them, times the batch."""
+    per_image = max(1, int(self.roi_batch_per_image * self.roi_positive_fraction))
+    if self.mask_rois_per_image is not None:
+      per_image = min(per_image, int(self.mask_rois_per_image))
+    return batch_size * per_image
+
+  def sample_targets(self, features, canvas_size, image_sizes, objectness, deltas, gt_boxes,
+                     gt_labels, gt_valid, gt_masks, rng, image_index):
+    """The parameter-free middle of a training step: anchors and their RPN
+    targets, proposals, sampled RoIs with box targets, and the mask RoIs
+    (the batch's positives, packed) with their mask targets. Gradients do
+    not flow through any of it.
+
+    Args as ``train_outputs``, plus the FPN ``features`` (for their grid
+    sizes) and the RPN's per-level ``objectness`` and ``deltas``.
+    """
+    b = gt_boxes.shape[0]
+    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), 2))(image_index)
+    anchors = jnp.concatenate([jnp.asarray(a) for a in self.anchors(canvas_size, features)],
+                              axis=0)
+    rpn_t = jax.vmap(lambda g, v, k: target_ops.rpn_targets(
+        anchors, g, v, k, fg_threshold=self.rpn_fg_iou, bg_threshold=self.rpn_bg_iou,
+        num_samples=self.rpn_batch_per_image,
+        positive_fraction=self.rpn_positive_fraction))(gt_boxes, gt_valid, keys[:, 0])
+    props = self.proposals(features, canvas_size, image_sizes,
+                           [jax.lax.stop_gradient(o) for o in objectness],
+                           [jax.lax.stop_gradient(d) for d in deltas], train=True)
+    roi_t = jax.vmap(lambda p, pv, g, l, v, k: target_ops.roi_targets(
+        p, pv, g, l, v, k, num_samples=self.roi_batch_per_image,
+        positive_fraction=self.roi_positive_fraction, fg_threshold=self.roi_fg_iou,
+        bg_threshold=self.roi_bg_iou, bbox_reg_weights=tuple(self.bbox_reg_weights)))(
+            props["boxes"], props["valid"], gt_boxes, gt_labels, gt_valid, keys[:, 1])
+    # Positives come first in each image's sample, so they all sit in its
+    # first R * positive_fraction slots; pack them into the shared slots.
+    rm = max(1, int(self.roi_batch_per_image * self.roi_positive_fraction))
+    is_pos = roi_t["is_pos"][:, :rm] & roi_t["valid"][:, :rm]
+    mask_img, mask_slot, mask_valid = target_ops.pack_positive_rois(
+        is_pos, self.num_mask_slots(b))
+    mask_rois = roi_t["boxes"][mask_img, mask_slot]
+    g = gt_boxes.shape[1]
+    m = 2 * self.mask_pool_size
+    mask_t = target_ops.mask_targets(
+        mask_rois, mask_img * g + roi_t["matched_idx"][mask_img, mask_slot],
+        gt_boxes.reshape(b * g, 4), gt_masks.reshape((b * g,) + gt_masks.shape[2:]), m)
+    return {
+        "rpn_target_labels": rpn_t["labels"],
+        "rpn_target_deltas": rpn_t["deltas"],
+        "roi_boxes": roi_t["boxes"],
+        "roi_labels": roi_t["labels"],
+        "roi_target_deltas": roi_t["deltas"],
+        "roi_is_pos": roi_t["is_pos"],
+        "roi_valid": roi_t["valid"],
+        "mask_rois": mask_rois,
+        "mask_batch_index": mask_img,
+        "mask_labels": roi_t["labels"][mask_img, mask_slot],
+        "mask_targets": mask_t,
+        "mask_valid": mask_valid,
+        "num_mask_rois_left_out": is_pos.sum() - mask_valid.sum(),
+        "num_proposals": props["valid"].sum(axis=1),
+    }
+
   def train_outputs(self, images, image_sizes, gt_boxes, gt_labels, gt_valid, gt_masks,
                     rng, image_index=None):
     """Forward pass for training: head outputs next to their targets.
@@ -229,7 +299,9 @@ class MaskRCNN(nn.Module):
       same anchors and RoIs as one device would.
 
     Returns a dict of arrays that ``train.compute_losses`` turns into the
-    named losses.
+    named losses: the targets of ``sample_targets`` and the heads' outputs
+    (``rpn_objectness``, ``rpn_deltas``, ``class_logits``, ``box_deltas``,
+    ``mask_logits`` [N, M, M, K] for the packed mask RoIs).
     """
     check_inputs(images, image_sizes)
     canvas = tuple(images.shape[1:3])
@@ -237,43 +309,13 @@ class MaskRCNN(nn.Module):
     image_sizes = jnp.asarray(image_sizes, jnp.float32)
     if image_index is None:
       image_index = jnp.arange(b)
-    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), 2))(image_index)
     feats = self.features(images, train=True)
     objectness, deltas = self.rpn(feats)
-    anchors = jnp.concatenate([jnp.asarray(a) for a in self.anchors(canvas, feats)], axis=0)
-    rpn_t = jax.vmap(lambda g, v, k: target_ops.rpn_targets(
-        anchors, g, v, k, fg_threshold=self.rpn_fg_iou, bg_threshold=self.rpn_bg_iou,
-        num_samples=self.rpn_batch_per_image,
-        positive_fraction=self.rpn_positive_fraction))(gt_boxes, gt_valid, keys[:, 0])
-    props = self.proposals(feats, canvas, image_sizes, objectness, deltas, train=True)
-    roi_t = jax.vmap(lambda p, pv, g, l, v, k: target_ops.roi_targets(
-        p, pv, g, l, v, k, num_samples=self.roi_batch_per_image,
-        positive_fraction=self.roi_positive_fraction, fg_threshold=self.roi_fg_iou,
-        bg_threshold=self.roi_bg_iou, bbox_reg_weights=tuple(self.bbox_reg_weights)))(
-            props["boxes"], props["valid"], gt_boxes, gt_labels, gt_valid, keys[:, 1])
-    class_logits, box_deltas = self.box_outputs(feats, roi_t["boxes"], canvas)
-    # Positives come first in the sample, so the mask head only needs the
-    # first R * positive_fraction slots.
-    rm = max(1, int(self.roi_batch_per_image * self.roi_positive_fraction))
-    mask_rois = roi_t["boxes"][:, :rm]
-    mask_logits = self.mask_outputs(feats, mask_rois, canvas)
-    m = mask_logits.shape[2]
-    mask_t = jax.vmap(lambda r, i, g, gm: target_ops.mask_targets(r, i, g, gm, m))(
-        mask_rois, roi_t["matched_idx"][:, :rm], gt_boxes, gt_masks)
-    return {
-        "rpn_objectness": jnp.concatenate(objectness, axis=1),
-        "rpn_deltas": jnp.concatenate(deltas, axis=1),
-        "rpn_target_labels": rpn_t["labels"],
-        "rpn_target_deltas": rpn_t["deltas"],
-        "class_logits": class_logits,
-        "box_deltas": box_deltas,
-        "roi_labels": roi_t["labels"],
-        "roi_target_deltas": roi_t["deltas"],
-        "roi_is_pos": roi_t["is_pos"],
-        "roi_valid": roi_t["valid"],
-        "mask_logits": mask_logits,
-        "mask_labels": roi_t["labels"][:, :rm],
-        "mask_targets": mask_t,
-        "mask_is_pos": roi_t["is_pos"][:, :rm] & roi_t["valid"][:, :rm],
-        "num_proposals": props["valid"].sum(axis=1),
-    }
+    out = self.sample_targets(feats, canvas, image_sizes, objectness, deltas, gt_boxes,
+                              gt_labels, gt_valid, gt_masks, rng, image_index)
+    out["rpn_objectness"] = jnp.concatenate(objectness, axis=1)
+    out["rpn_deltas"] = jnp.concatenate(deltas, axis=1)
+    out["class_logits"], out["box_deltas"] = self.box_outputs(feats, out["roi_boxes"], canvas)
+    out["mask_logits"] = self.mask_outputs(feats, out["mask_rois"], canvas,
+                                           out["mask_batch_index"])
+    return out

@@ -1,7 +1,7 @@
 """Mask R-CNN losses as plain functions of model outputs and targets.
 
-Shape shorthand: B images, A anchors, R sampled RoIs, R_m mask RoIs (the
-positive slots), K classes with background, M mask size.
+Shape shorthand: B images, A anchors, R sampled RoIs, N mask RoIs (the
+batch's positives, packed), K classes with background, M mask size.
 
 Every loss is normalised per image and then averaged over the images, so a
 batch split over devices and averaged with ``pmean`` gives exactly the loss
@@ -67,20 +67,24 @@ def box_losses(class_logits, box_deltas, labels, target_deltas, is_pos, valid,
   return _per_image_mean(cls, count), _per_image_mean(box, count)
 
 
-def mask_loss(mask_logits, labels, targets, is_pos):
+def mask_loss(mask_logits, labels, targets, valid, batch_index, num_images: int):
   """Per-pixel sigmoid BCE on the ground-truth class's channel only.
 
-  Args: mask_logits [B, R_m, M, M, K] (K = 1 for class-agnostic heads),
-  labels [B, R_m], targets [B, R_m, M, M] in {0, 1}, is_pos [B, R_m].
+  Args: mask_logits [N, M, M, K] (K = 1 for class-agnostic heads) of N mask
+  RoIs packed from the batch (``ops.targets.pack_positive_rois``), labels
+  [N], targets [N, M, M] in {0, 1}, valid [N] (the slots holding a positive
+  RoI), batch_index [N] (each RoI's image), num_images B.
 
   The other K - 1 channels get no gradient: classes do not compete, which is
   what decouples mask and class prediction in Mask R-CNN. Averaged over the
-  pixels of positive RoIs; 0 for an image with no positives.
+  pixels of each image's positive RoIs, then over the images (0 for an image
+  with no positives), like the other losses.
   """
   if mask_logits.shape[-1] == 1:
     chosen = mask_logits[..., 0]
   else:
-    chosen = jnp.take_along_axis(mask_logits, labels[:, :, None, None, None], axis=-1)[..., 0]
-  per_roi = sigmoid_bce(chosen.astype(jnp.float32), targets).mean(axis=(2, 3))
-  pos = is_pos.astype(jnp.float32)
-  return _per_image_mean((per_roi * pos).sum(axis=1), pos.sum(axis=1))
+    chosen = jnp.take_along_axis(mask_logits, labels[:, None, None, None], axis=-1)[..., 0]
+  per_roi = sigmoid_bce(chosen.astype(jnp.float32), targets).mean(axis=(1, 2))
+  pos = valid.astype(jnp.float32)
+  image_of = jax.nn.one_hot(batch_index, num_images, dtype=jnp.float32)  # [N, B]
+  return _per_image_mean((per_roi * pos) @ image_of, pos @ image_of)

@@ -189,21 +189,24 @@ def level_scales(canvas_size: tuple[int, int], grid_sizes: Sequence[tuple[int, i
 
 
 def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
-                         canvas_size: tuple[int, int], first_level: int = 2,
+                         canvas_size: tuple[int, int], batch_index=None, first_level: int = 2,
                          sampling_ratio: int = 2, aligned: bool = False,
                          canonical_scale: float = 224.0,
                          canonical_level: int = 4):
-  """FPN RoIAlign, batched over images: each RoI is pooled from its own level.
+  """FPN RoIAlign over a batch of images: each RoI is pooled from its own level.
 
   Args:
     features_per_level: L arrays [B, H_l, W_l, C], finest first; level l of
       the list is pyramid level ``first_level + l``.
-    boxes: [B, R, 4] xyxy in input pixels of the padded canvas.
+    boxes: [B, R, 4] xyxy in input pixels of the padded canvas, R RoIs of
+      each image; or, with ``batch_index``, [N, 4] RoIs of any images.
     output_size: int or (h, w).
     canvas_size: (H, W) of the padded network input, used to infer the scales.
+    batch_index: None, or [N] int32, the image each of the N RoIs belongs to
+      (RoIs packed from several images, e.g. the mask head's positives).
 
   Returns:
-    [B, R, h, w, C].
+    [B, R, h, w, C], or [N, h, w, C] with ``batch_index``.
   """
   _check_sampling_ratio(sampling_ratio)
   out_h, out_w = _pair(output_size)
@@ -211,8 +214,12 @@ def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
   scales = level_scales(canvas_size, grid_sizes)
   num_levels = len(features_per_level)
   b, c = features_per_level[0].shape[0], features_per_level[0].shape[-1]
+  # All levels of all images as one [B * S, C] map; a RoI of image i on level
+  # l reads rows i * S + offset_l ...
   flat = jnp.concatenate(
-      [f.reshape(b, -1, c) for f in features_per_level], axis=1)  # [B, S, C]
+      [f.reshape(b, -1, c) for f in features_per_level], axis=1)
+  per_image = flat.shape[1]
+  flat = flat.reshape(b * per_image, c)
   offsets, acc = [], 0
   for g in grid_sizes:
     offsets.append(acc)
@@ -222,13 +229,24 @@ def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
   widths = jnp.asarray([g[1] for g in grid_sizes], jnp.int32)
   scales_arr = jnp.asarray(scales, jnp.float32)
 
+  if batch_index is None:
+    if boxes.ndim != 3 or boxes.shape[0] != b:
+      raise ValueError(f"boxes must be [B={b}, R, 4] without batch_index, got {boxes.shape}")
+    lead = boxes.shape[:2]
+    batch_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), boxes.shape[1])
+    boxes = boxes.reshape(-1, 4)
+  else:
+    if boxes.ndim != 2 or batch_index.shape != boxes.shape[:1]:
+      raise ValueError(f"with batch_index [N], boxes must be [N, 4]; got boxes "
+                       f"{boxes.shape}, batch_index {batch_index.shape}")
+    lead = boxes.shape[:1]
   levels = assign_levels(jax.lax.stop_gradient(boxes), first_level,
                          first_level + num_levels - 1, canonical_scale,
-                         canonical_level) - first_level  # [B, R]
+                         canonical_level) - first_level  # [N]
 
-  def one_roi(flat_img, box, lvl):
-    return _align_one(flat_img, offsets[lvl], heights[lvl], widths[lvl], box,
+  def one_roi(box, lvl, img):
+    return _align_one(flat, img * per_image + offsets[lvl], heights[lvl], widths[lvl], box,
                       scales_arr[lvl], out_h, out_w, sampling_ratio, aligned)
 
-  per_image = jax.vmap(one_roi, in_axes=(None, 0, 0))
-  return jax.vmap(per_image)(flat, boxes, levels)
+  out = jax.vmap(one_roi)(boxes, levels, batch_index.astype(jnp.int32))
+  return out.reshape(lead + out.shape[1:])

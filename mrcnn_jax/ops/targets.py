@@ -173,3 +173,43 @@ def mask_targets(rois, matched_idx, gt_boxes, gt_masks, mask_size: int):
 
   soft = jax.vmap(one)(masks, u)
   return (soft >= 0.5).astype(jnp.float32)
+
+
+def pack_positive_rois(is_pos, num_slots: int):
+  """Chooses up to ``num_slots`` positive RoIs of a batch for the mask head.
+
+  The mask head only needs positive RoIs, and how many an image has varies
+  widely (a few for an image with one object, up to all of its positive
+  slots in a crowd). Giving every image its maximum wastes most of the head's
+  computation; packing the batch's positives into one shared set of
+  ``num_slots`` slots does not. Slots go round-robin -- every image's j-th
+  positive before any image's (j + 1)-th -- so when the batch has more
+  positives than slots, the ones left out are spread over the images, and
+  since each image's positives come in random order (``sample_balanced``),
+  they are a random subset of that image's.
+
+  Args:
+    is_pos: [B, R] bool, positives of each image's sampled RoIs.
+    num_slots: N, static.
+
+  Returns:
+    (batch_index [N] int32, roi_index [N] int32, valid [N] bool): slot n holds
+    RoI ``roi_index[n]`` of image ``batch_index[n]`` when ``valid[n]``; the
+    order is round-robin.
+  """
+  b, r = is_pos.shape
+  j = jnp.arange(r, dtype=jnp.int32)[None, :]
+  i = jnp.arange(b, dtype=jnp.int32)[:, None]
+  # Larger is earlier: image i's j-th RoI gets -(j * B + i); non-positives
+  # rank below every positive.
+  none = -(b * r + 1)
+  priority = jnp.where(is_pos, -(j * b + i), none).reshape(-1)
+  k = min(num_slots, b * r)
+  prio, flat_idx = jax.lax.top_k(priority, k)
+  valid = prio > none
+  batch_index, roi_index = flat_idx // r, flat_idx % r
+  if k < num_slots:
+    pad = (0, num_slots - k)
+    batch_index, roi_index, valid = (jnp.pad(batch_index, pad), jnp.pad(roi_index, pad),
+                                     jnp.pad(valid, pad))
+  return batch_index.astype(jnp.int32), roi_index.astype(jnp.int32), valid

@@ -1,0 +1,90 @@
+"""ops.conv.conv2d: values and gradients equal lax.conv_general_dilated's."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mrcnn_jax.model.layers import Conv
+from mrcnn_jax.ops import conv as conv_ops
+
+
+def reference(x, k, stride, pad, groups=1):
+  return jax.lax.conv_general_dilated(x, k, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=groups)
+
+
+CASES = [  # (n, h, w, c, d, k, stride, groups)
+    (2, 9, 7, 5, 6, 1, 1, 1),
+    (2, 9, 7, 5, 6, 1, 2, 1),
+    (3, 8, 10, 4, 3, 3, 1, 1),
+    (2, 9, 11, 4, 5, 3, 2, 1),
+    (1, 13, 12, 3, 4, 7, 2, 1),
+    (2, 8, 8, 6, 4, 3, 1, 2),
+]
+
+
+@pytest.mark.parametrize("mode", ["auto", "xla", "shifted"])
+@pytest.mark.parametrize("n,h,w,c,d,k,stride,groups", CASES)
+def test_values_and_gradients_match_lax(mode, n, h, w, c, d, k, stride, groups):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
+  kern = jnp.asarray(rng.normal(size=(k, k, c // groups, d)), jnp.float32)
+  pad = k // 2
+  ours = lambda x, kern: conv_ops.conv2d(x, kern, stride=stride, padding=((pad, pad),) * 2,
+                                         groups=groups, kernel_grad=mode)
+  ref = lambda x, kern: reference(x, kern, stride, pad, groups)
+  np.testing.assert_allclose(ours(x, kern), ref(x, kern), rtol=1e-5, atol=1e-4)
+  dy = jnp.asarray(rng.normal(size=ref(x, kern).shape), jnp.float32)
+  g_ours = jax.vjp(ours, x, kern)[1](dy)
+  g_ref = jax.vjp(ref, x, kern)[1](dy)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_shifted_kernel_gradient_under_jit_and_bf16():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 16, 16, 8)), jnp.bfloat16)
+  kern = jnp.asarray(rng.normal(size=(3, 3, 8, 4)), jnp.bfloat16)
+  f = jax.jit(jax.grad(lambda k: conv_ops.conv2d(x, k, padding=((1, 1), (1, 1)),
+                                                 kernel_grad="shifted").astype(jnp.float32).sum()))
+  g = f(kern)
+  assert g.dtype == jnp.bfloat16
+  ref = jax.grad(lambda k: reference(x.astype(jnp.float32), k, 1, 1).sum())(
+      kern.astype(jnp.float32))
+  np.testing.assert_allclose(np.asarray(g, np.float32), ref, rtol=3e-2, atol=3e-1)
+
+
+def test_auto_uses_matrix_products_only_for_large_outputs_on_cpu(monkeypatch):
+  calls = []
+  monkeypatch.setattr(conv_ops, "_conv_shifted_grad",
+                      lambda *a: calls.append(a[0].shape) or conv_ops._xla_conv(*a, 1))
+  small = jnp.zeros((1, 8, 8, 256))
+  narrow = jnp.zeros((1, 256, 128, 2))
+  big = jnp.zeros((1, 256, 128, 256))  # 32768 output pixels, 256 channels
+  for x in (small, narrow, big):
+    conv_ops.conv2d(x, jnp.zeros((3, 3, x.shape[-1], 2)), padding=((1, 1), (1, 1)))
+  assert calls == ([big.shape] if jax.default_backend() == "cpu" else [])
+
+
+def test_bad_mode_is_an_error():
+  with pytest.raises(ValueError, match="kernel_grad"):
+    conv_ops.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 1, 1, 1)), kernel_grad="fast")
+
+
+@pytest.mark.parametrize("k,stride,groups,bias", [(3, 1, 1, True), (1, 2, 1, False),
+                                                  (3, 2, 2, False)])
+def test_conv_module_equals_flax_conv(k, stride, groups, bias):
+  """Same parameter names, shapes and initial values as flax's Conv, same
+  outputs: checkpoints and converted weights do not depend on the class."""
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 10, 12, 4)), jnp.float32)
+  ours = Conv(6, k, stride, groups=groups, use_bias=bias)
+  theirs = nn.Conv(6, (k, k), strides=(stride, stride), padding=((k // 2, k // 2),) * 2,
+                   feature_group_count=groups, use_bias=bias)
+  v1 = ours.init(jax.random.PRNGKey(0), x)
+  v2 = theirs.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, v1) == jax.tree.map(jnp.shape, v2)
+  np.testing.assert_array_equal(v1["params"]["kernel"], v2["params"]["kernel"])
+  np.testing.assert_allclose(ours.apply(v1, x), theirs.apply(v1, x), rtol=1e-5, atol=1e-5)
