@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.rpn_post_nms_topk_test = 100
   m.rpn_batch_per_image = 128
   m.roi_batch_per_image = 64
+  m.mask_rois_per_image = 8  # of the 16 positive slots; up to 8 objects/image
   m.box_fc_dim = 256
   m.mask_conv_dims = (64, 64)
   m.mask_deconv_dim = 64

@@ -1,4 +1,5 @@
-"""Inference latency of mrcnn_jax's R50-FPN Mask R-CNN next to torchvision's.
+"""Inference latency and throughput of mrcnn_jax's R50-FPN Mask R-CNN next to
+torchvision's, on whatever device each framework finds (CPU or one GPU).
 
 Times, in one process on the same machine, with the same input and (when torch
 is importable) the same weights:
@@ -36,8 +37,13 @@ pipeline jitted on its own -- features, + RPN proposals, + box head and
 detection, whole model; torchvision: transform, backbone, RPN, RoI heads,
 postprocess) to show where the time goes.
 
-Prints a small table and, last, one JSON line with the figures (also written
-to --out if given). TensorFlow is not imported.
+--precision mixed runs mrcnn_jax with bfloat16 compute (``config.model.dtype``;
+parameters, box decoding, RoIAlign coordinates and NMS stay float32) and
+torchvision under ``torch.autocast`` (bfloat16 on a CPU, float16 on CUDA).
+
+Prints a small table (latency per batch, seconds per image, images/s) and,
+last, one JSON line with the figures, peak device memory on a GPU (also
+written to --out if given). TensorFlow is not imported.
 
 Caveat: these are figures for whatever device JAX and torch use here --
 typically a CPU, where XLA:CPU and PyTorch's CPU kernels (oneDNN) are being
@@ -63,7 +69,7 @@ import time
 
 import numpy as np
 
-from bench_common import cpu_name, import_torch, median_seconds, usable_cores
+from bench_common import cpu_name, import_torch, median_seconds, peak_rss_bytes, usable_cores
 
 H, W = 800, 1088  # a multiple of 32 each; torchvision's resize is the identity
 
@@ -84,6 +90,9 @@ def main(argv=None) -> int:
   parser.add_argument("--image", choices=("astronaut", "coffee"), default="astronaut")
   parser.add_argument("--no-torch", action="store_true",
                       help="time mrcnn_jax only, even if torch is importable")
+  parser.add_argument("--precision", choices=("float32", "mixed"), default="float32",
+                      help="mixed: bfloat16 compute for mrcnn_jax (float32 params), "
+                           "torch.autocast for torchvision (bfloat16 on CPU, float16 on CUDA)")
   parser.add_argument("--profile", action="store_true",
                       help="also time the stages of both models")
   parser.add_argument("--out", default=None, help="write the JSON figures here")
@@ -104,6 +113,9 @@ def main(argv=None) -> int:
     torch, torchvision = tv
 
   config = exp.get_config()
+  mixed = args.precision == "mixed"
+  if mixed:
+    config.model.dtype = "bfloat16"
   image = load_image(args.image)  # [H, W, 3] in [0, 1]
   b = args.batch
 
@@ -111,13 +123,16 @@ def main(argv=None) -> int:
   model = build_model(config.model)
   variables = init_params(model, jax.random.PRNGKey(0))
   tmodel = None
+  tdev = None
   if torch is not None:
     from mrcnn_jax.weights import convert_state_dict
+    tdev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     tmodel = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None).eval()
     variables = convert_state_dict(
         {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}, variables)
+    tmodel = tmodel.to(tdev)
     weights = "torchvision maskrcnn_resnet50_fpn random init (seed 0), converted"
   else:
     weights = "mrcnn_jax init_params random init (PRNGKey(0))"
@@ -158,10 +173,20 @@ def main(argv=None) -> int:
   # --- torchvision -------------------------------------------------------------
   tv_s = tv_times = tv_dets = None
   if tmodel is not None:
-    timgs = [torch.from_numpy(image).permute(2, 0, 1).contiguous() for _ in range(b)]
+    timgs = [torch.from_numpy(image).permute(2, 0, 1).contiguous().to(tdev) for _ in range(b)]
+    amp_dtype = torch.float16 if tdev.type == "cuda" else torch.bfloat16
+
+    def tv_call():
+      with torch.autocast(tdev.type, dtype=amp_dtype, enabled=mixed):
+        out = tmodel(timgs)
+      if tdev.type == "cuda":
+        torch.cuda.synchronize()
+      return out
     with torch.inference_mode():
-      tv_s, tv_times = median_seconds(lambda: tmodel(timgs), args.runs)
-      tv_dets = [len(o["boxes"]) for o in tmodel(timgs)]
+      if tdev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+      tv_s, tv_times = median_seconds(tv_call, args.runs)
+      tv_dets = [len(o["boxes"]) for o in tv_call()]
     print("torchvision: runs " + ", ".join(f"{t:.3f}" for t in tv_times) + " s")
 
   # --- stages (optional) ---------------------------------------------------------
@@ -171,13 +196,14 @@ def main(argv=None) -> int:
                             timgs if tmodel is not None else None, args.runs)
 
   # --- report ----------------------------------------------------------------
-  rows = [("mrcnn_jax", ours_s / b, ours_dets, f"{compile_s:.2f}")]
+  rows = [("mrcnn_jax", ours_s, ours_dets, f"{compile_s:.2f}")]
   if tv_s is not None:
-    rows.append(("torchvision", tv_s / b, tv_dets, "-"))
+    rows.append(("torchvision", tv_s, tv_dets, "-"))
   print()
-  print(f"{'model':<13} {'s/img (median)':>15} {'compile s':>10}  detections per image")
+  print(f"{'model':<13} {'latency s/batch':>15} {'s/img':>7} {'img/s':>7} {'compile s':>10}"
+        "  detections per image")
   for name, s, dets, comp in rows:
-    print(f"{name:<13} {s:>15.3f} {comp:>10}  {dets}")
+    print(f"{name:<13} {s:>15.3f} {s / b:>7.3f} {b / s:>7.2f} {comp:>10}  {dets}")
   if tv_s is not None:
     ratio = ours_s / tv_s
     print(f"mrcnn_jax / torchvision time: {ratio:.2f}x")
@@ -195,16 +221,29 @@ def main(argv=None) -> int:
       "image": args.image,
       "canvas": [H, W],
       "batch": b,
+      "precision": args.precision,
       "runs": args.runs,
       "weights": weights,
       "s_per_img_mrcnn_jax": round(ours_s / b, 4),
       "s_per_img_torchvision": None if tv_s is None else round(tv_s / b, 4),
+      "latency_s_per_batch_mrcnn_jax": round(ours_s, 4),
+      "latency_s_per_batch_torchvision": None if tv_s is None else round(tv_s, 4),
+      "images_per_s_mrcnn_jax": round(b / ours_s, 3),
+      "images_per_s_torchvision": None if tv_s is None else round(b / tv_s, 3),
       "ratio_mrcnn_jax_over_torchvision": None if tv_s is None else round(ours_s / tv_s, 3),
       "compile_s": round(compile_s, 2),
       "detections_mrcnn_jax": ours_dets,
       "detections_torchvision": tv_dets,
       "torchvision_skipped": skip_reason,
   }
+  jstats = jdev.memory_stats() if jdev.platform != "cpu" else None
+  if jstats and "peak_bytes_in_use" in jstats:
+    figures["peak_device_memory_gib_mrcnn_jax"] = round(jstats["peak_bytes_in_use"] / 2**30, 3)
+  if tdev is not None and tdev.type == "cuda":
+    figures["peak_device_memory_gib_torchvision"] = round(
+        torch.cuda.max_memory_allocated() / 2**30, 3)
+  if jdev.platform == "cpu":  # one process: the peak of both models together
+    figures["peak_rss_gib_process"] = round(peak_rss_bytes() / 2**30, 3)
   if stages is not None:
     figures["stages_s"] = stages
   line = json.dumps(figures)

@@ -150,3 +150,34 @@ def test_optimizer_masks(setup):
   fm = train._frozen_stage_mask(p, 2)
   assert not fm["backbone"]["conv1"]["kernel"] and not fm["backbone"]["layer1_0"]["conv1"]["kernel"]
   assert fm["backbone"]["layer2_0"]["conv1"]["kernel"] and fm["fpn"]["inner_0"]["kernel"]
+
+
+def test_mask_head_runs_on_packed_positives_with_a_cap():
+  """The mask head gets the batch's positive RoIs packed into
+  mask_rois_per_image * B slots; a cap below the positives leaves some out,
+  counted, and the rest are exactly the positives' RoIs."""
+  batch = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
+  outs = {}
+  for cap in (None, 1):
+    c = tiny_config()
+    c.model.mask_rois_per_image = cap
+    model, state = train.create_train_state(c, jax.random.PRNGKey(0))
+    outs[cap] = model.apply({"params": state.params}, batch["image"], batch["image_size"],
+                            batch["gt_boxes"], batch["gt_labels"], batch["gt_valid"],
+                            batch["gt_masks"], jax.random.PRNGKey(3),
+                            method=model.train_outputs)
+  full, capped = outs[None], outs[1]
+  num_pos = int(full["mask_candidates"].sum())
+  assert num_pos > 2  # the batch has more positives than the capped slots
+  assert full["mask_logits"].shape[0] == 2 * 4 and capped["mask_logits"].shape[0] == 2
+  assert int(full["mask_valid"].sum()) == num_pos and int(full["num_mask_rois_left_out"]) == 0
+  assert int(capped["mask_valid"].sum()) == 2
+  assert int(capped["num_mask_rois_left_out"]) == num_pos - 2
+  # round-robin: one slot per image, each holding a positive RoI of its image
+  assert sorted(np.asarray(capped["mask_batch_index"]).tolist()) == [0, 1]
+  for n in range(2):
+    i = int(capped["mask_batch_index"][n])
+    rois = np.asarray(full["roi_boxes"][i])
+    cand = np.asarray(full["mask_candidates"][i])  # the first len(cand) RoIs
+    same = np.all(np.isclose(rois[:len(cand)], np.asarray(capped["mask_rois"][n])), axis=1)
+    assert (same & cand).any()

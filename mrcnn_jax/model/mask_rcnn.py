@@ -112,9 +112,12 @@ class MaskRCNN(nn.Module):
   roi_bg_iou: float = 0.5
   roi_batch_per_image: int = 512
   roi_positive_fraction: float = 0.25
-  # Mask head slots per image, shared by the batch (``ops.targets.
-  # pack_positive_rois``); None: every image's positive slots
-  # (roi_batch_per_image * roi_positive_fraction), so none is ever left out.
+  # The mask head runs on the batch's positive RoIs packed together
+  # (``ops.targets.pack_positive_rois``) into ``mask_rois_per_image`` slots
+  # per image, shared by the batch. None: every positive slot
+  # (roi_batch_per_image * roi_positive_fraction), so no positive is ever
+  # left out; fewer slots cost less, and positives beyond them are left out
+  # at random (counted in ``num_mask_rois_left_out``).
   mask_rois_per_image: Optional[int] = None
   # numerics
   dtype: Any = jnp.float32
@@ -234,14 +237,13 @@ class MaskRCNN(nn.Module):
   def sample_targets(self, features, canvas_size, image_sizes, objectness, deltas, gt_boxes,
                      gt_labels, gt_valid, gt_masks, rng, image_index):
     """The parameter-free middle of a training step: anchors and their RPN
-    targets, proposals, sampled RoIs with box targets, and the mask RoIs
-    (the batch's positives, packed) with their mask targets. Gradients do
-    not flow through any of it.
+    targets, proposals, sampled RoIs with box targets, and which RoIs are
+    candidates for the mask head (``mask_candidates`` [B, R * positive
+    fraction], the positives). Gradients do not flow through any of it.
 
     Args as ``train_outputs``, plus the FPN ``features`` (for their grid
     sizes) and the RPN's per-level ``objectness`` and ``deltas``.
     """
-    b = gt_boxes.shape[0]
     keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), 2))(image_index)
     anchors = jnp.concatenate([jnp.asarray(a) for a in self.anchors(canvas_size, features)],
                               axis=0)
@@ -258,17 +260,8 @@ class MaskRCNN(nn.Module):
         bg_threshold=self.roi_bg_iou, bbox_reg_weights=tuple(self.bbox_reg_weights)))(
             props["boxes"], props["valid"], gt_boxes, gt_labels, gt_valid, keys[:, 1])
     # Positives come first in each image's sample, so they all sit in its
-    # first R * positive_fraction slots; pack them into the shared slots.
+    # first R * positive_fraction slots: the mask head's candidates.
     rm = max(1, int(self.roi_batch_per_image * self.roi_positive_fraction))
-    is_pos = roi_t["is_pos"][:, :rm] & roi_t["valid"][:, :rm]
-    mask_img, mask_slot, mask_valid = target_ops.pack_positive_rois(
-        is_pos, self.num_mask_slots(b))
-    mask_rois = roi_t["boxes"][mask_img, mask_slot]
-    g = gt_boxes.shape[1]
-    m = 2 * self.mask_pool_size
-    mask_t = target_ops.mask_targets(
-        mask_rois, mask_img * g + roi_t["matched_idx"][mask_img, mask_slot],
-        gt_boxes.reshape(b * g, 4), gt_masks.reshape((b * g,) + gt_masks.shape[2:]), m)
     return {
         "rpn_target_labels": rpn_t["labels"],
         "rpn_target_deltas": rpn_t["deltas"],
@@ -277,14 +270,34 @@ class MaskRCNN(nn.Module):
         "roi_target_deltas": roi_t["deltas"],
         "roi_is_pos": roi_t["is_pos"],
         "roi_valid": roi_t["valid"],
-        "mask_rois": mask_rois,
-        "mask_batch_index": mask_img,
-        "mask_labels": roi_t["labels"][mask_img, mask_slot],
-        "mask_targets": mask_t,
-        "mask_valid": mask_valid,
-        "num_mask_rois_left_out": is_pos.sum() - mask_valid.sum(),
+        "roi_matched_idx": roi_t["matched_idx"],
+        "mask_candidates": roi_t["is_pos"][:, :rm] & roi_t["valid"][:, :rm],
         "num_proposals": props["valid"].sum(axis=1),
     }
+
+  def mask_branch(self, features, canvas_size, targets, gt_boxes, gt_masks, num_slots: int):
+    """Mask head on the batch's positive RoIs (``targets["mask_candidates"]``)
+    packed into ``num_slots`` slots: per slot the RoI, its image, label,
+    target, logits and a ``valid`` flag; plus the number of positives left
+    out."""
+    b, g = gt_boxes.shape[:2]
+    cand = targets["mask_candidates"]
+    img, slot, valid = target_ops.pack_positive_rois(cand, num_slots)
+    rois = targets["roi_boxes"][img, slot]
+    m = 2 * self.mask_pool_size
+    mask_t = target_ops.mask_targets(
+        rois, img * g + targets["roi_matched_idx"][img, slot], gt_boxes.reshape(b * g, 4),
+        gt_masks.reshape((b * g,) + gt_masks.shape[2:]), m)
+    out = {
+        "mask_rois": rois,
+        "mask_batch_index": img,
+        "mask_labels": targets["roi_labels"][img, slot],
+        "mask_targets": mask_t,
+        "mask_valid": valid,
+        "mask_logits": self.mask_outputs(features, rois, canvas_size, img),
+    }
+    out["num_mask_rois_left_out"] = cand.sum() - valid.sum()
+    return out
 
   def train_outputs(self, images, image_sizes, gt_boxes, gt_labels, gt_valid, gt_masks,
                     rng, image_index=None):
@@ -299,9 +312,10 @@ class MaskRCNN(nn.Module):
       same anchors and RoIs as one device would.
 
     Returns a dict of arrays that ``train.compute_losses`` turns into the
-    named losses: the targets of ``sample_targets`` and the heads' outputs
-    (``rpn_objectness``, ``rpn_deltas``, ``class_logits``, ``box_deltas``,
-    ``mask_logits`` [N, M, M, K] for the packed mask RoIs).
+    named losses: the targets of ``sample_targets`` and ``mask_branch`` and
+    the heads' outputs (``rpn_objectness``, ``rpn_deltas``, ``class_logits``,
+    ``box_deltas``, ``mask_logits`` [N, M, M, K] for the packed mask RoIs,
+    N = ``num_mask_slots(B)``, valid where ``mask_valid``).
     """
     check_inputs(images, image_sizes)
     canvas = tuple(images.shape[1:3])
@@ -316,6 +330,9 @@ class MaskRCNN(nn.Module):
     out["rpn_objectness"] = jnp.concatenate(objectness, axis=1)
     out["rpn_deltas"] = jnp.concatenate(deltas, axis=1)
     out["class_logits"], out["box_deltas"] = self.box_outputs(feats, out["roi_boxes"], canvas)
-    out["mask_logits"] = self.mask_outputs(feats, out["mask_rois"], canvas,
-                                           out["mask_batch_index"])
+    # (Choosing the slot count from the positives at run time, one
+    # lax.switch branch per count, made the shapes step 2.2x slower on
+    # XLA:CPU, so the count is static.)
+    out.update(self.mask_branch(feats, canvas, out, gt_boxes, gt_masks,
+                                self.num_mask_slots(b)))
     return out
