@@ -11,14 +11,14 @@ Why this exists (measured on a 2-core x86 CPU, float32; see
   convolution routine that runs 2-3x slower than the forward pass once the
   spatial extent or the batch is large: for 256 RoIs of 14 x 14 x 256 (the
   mask head) 840-1300 ms against a 410 ms forward; for FPN's P2 (2 x 128 x
-  128 x 256) 920 ms against 210 ms. The same numbers come from kh * kw
+  128 x 256) 550-920 ms against 210 ms. The same numbers come from kh * kw
   matrix products, one per kernel tap: dK[a, b] = X_ab^T dY, where X_ab is
   the padded input shifted by (a, b) and strided, flattened to [P, C], and dY
   is [P, D]. That takes 540 ms and 370 ms for the two shapes above. For small
-  P (ResNet stages at 2 x 32 x 32) XLA's own routine is faster, so the matrix
-  form is used only from ``SHIFTED_MIN_PIXELS`` output pixels and
-  ``SHIFTED_MIN_CHANNELS`` input channels on, on the CPU
-  backend only (accelerators keep XLA's kernels).
+  P or few channels (ResNet stages at 2 x 32 x 32, the narrow shapes model)
+  XLA's own routine is faster, so the matrix form is used only from
+  ``SHIFTED_MIN_PIXELS`` output pixels and ``SHIFTED_MIN_CHANNELS`` input
+  channels on, and on the CPU backend only (accelerators keep XLA's kernels).
 * A 1 x 1 convolution *is* a matrix product over channels (after striding).
   Written as one, its forward, input gradient and kernel gradient are all
   matrix products; XLA:CPU's convolution kernel gradient for it is up to 8x
