@@ -235,7 +235,7 @@ class MaskRCNN(nn.Module):
     return batch_size * per_image
 
   def sample_targets(self, features, canvas_size, image_sizes, objectness, deltas, gt_boxes,
-                     gt_labels, gt_valid, gt_masks, rng, image_index):
+                     gt_labels, gt_valid, rng, image_index):
     """The parameter-free middle of a training step: anchors and their RPN
     targets, proposals, sampled RoIs with box targets, and which RoIs are
     candidates for the mask head (``mask_candidates`` [B, R * positive
@@ -284,20 +284,20 @@ class MaskRCNN(nn.Module):
     cand = targets["mask_candidates"]
     img, slot, valid = target_ops.pack_positive_rois(cand, num_slots)
     rois = targets["roi_boxes"][img, slot]
-    m = 2 * self.mask_pool_size
+    logits = self.mask_outputs(features, rois, canvas_size, img)  # [N, M, M, K]
+    # Ground truth of image i, object j is row i * G + j of the flattened batch.
     mask_t = target_ops.mask_targets(
         rois, img * g + targets["roi_matched_idx"][img, slot], gt_boxes.reshape(b * g, 4),
-        gt_masks.reshape((b * g,) + gt_masks.shape[2:]), m)
-    out = {
+        gt_masks.reshape((b * g,) + gt_masks.shape[2:]), logits.shape[1])
+    return {
         "mask_rois": rois,
         "mask_batch_index": img,
         "mask_labels": targets["roi_labels"][img, slot],
         "mask_targets": mask_t,
         "mask_valid": valid,
-        "mask_logits": self.mask_outputs(features, rois, canvas_size, img),
+        "mask_logits": logits,
+        "num_mask_rois_left_out": cand.sum() - valid.sum(),
     }
-    out["num_mask_rois_left_out"] = cand.sum() - valid.sum()
-    return out
 
   def train_outputs(self, images, image_sizes, gt_boxes, gt_labels, gt_valid, gt_masks,
                     rng, image_index=None):
@@ -326,7 +326,7 @@ class MaskRCNN(nn.Module):
     feats = self.features(images, train=True)
     objectness, deltas = self.rpn(feats)
     out = self.sample_targets(feats, canvas, image_sizes, objectness, deltas, gt_boxes,
-                              gt_labels, gt_valid, gt_masks, rng, image_index)
+                              gt_labels, gt_valid, rng, image_index)
     out["rpn_objectness"] = jnp.concatenate(objectness, axis=1)
     out["rpn_deltas"] = jnp.concatenate(deltas, axis=1)
     out["class_logits"], out["box_deltas"] = self.box_outputs(feats, out["roi_boxes"], canvas)
