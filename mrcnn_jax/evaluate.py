@@ -220,8 +220,10 @@ def _canvases(config) -> list[tuple[int, int]]:
 def predict_files(config, model, variables, inputs: Sequence[str], output_dir: str, *,
                   score_threshold: float = 0.5) -> dict:
   """Runs the model on image files; writes ``<output_dir>/<name>.png``
-  overlays and ``<output_dir>/results.json`` (COCO results format) with
-  ``images.json`` mapping its image ids (1-based) to the files. Unreadable images are skipped, counted
+  overlays (``<name>-2.png``, ... when two inputs share a name, e.g. ``a.jpg``
+  and ``a.png`` or equal names in two folders) and
+  ``<output_dir>/results.json`` (COCO results format) with ``images.json``
+  mapping its image ids (1-based) to the files and their overlays. Unreadable images are skipped, counted
   and named. Preprocessing is numpy; only the label -> category id map of a
   contiguous label space reads the dataset's metadata (TensorFlow).
 
@@ -243,6 +245,7 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
   canvases = _canvases(config)
   infer = jax.jit(model.apply)
   results, images, skipped = [], [], []
+  overlays = set()
   for path in tqdm(paths, desc="predict", unit="img"):
     image_id = len(images) + 1  # ids count the images read, 1-based
     try:
@@ -262,10 +265,16 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
     det = to_original({k: v[0] for k, v in out.items()}, sizes[0], rgb.shape[:2])
     results += detections_to_coco(image_id, det["boxes"], det["scores"], det["labels"],
                                   det["masks"], label_to_category_id=label_map)
-    images.append({"id": image_id, "file_name": os.path.abspath(path),
-                   "height": int(rgb.shape[0]), "width": int(rgb.shape[1])})
     stem = os.path.splitext(os.path.basename(path))[0]
-    save_png(os.path.join(output_dir, f"{stem}.png"),
+    overlay, n = f"{stem}.png", 1
+    while overlay in overlays:  # never overwrite another input's overlay
+      n += 1
+      overlay = f"{stem}-{n}.png"
+    overlays.add(overlay)
+    images.append({"id": image_id, "file_name": os.path.abspath(path),
+                   "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
+                   "overlay": overlay})
+    save_png(os.path.join(output_dir, overlay),
              draw_detections(rgb, det["boxes"], det["scores"], det["labels"], det["masks"],
                              class_names=names, score_threshold=score_threshold))
   with open(os.path.join(output_dir, "results.json"), "w") as f:

@@ -3,8 +3,11 @@ fixtures made by scripts/make_reference_fixtures.py (torchvision's outputs)."""
 
 import os
 
-# Must be set before JAX initialises its backend.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+# Must be set before JAX initialises its backend; added to any XLA_FLAGS the
+# caller set rather than replaced by them.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=2".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402

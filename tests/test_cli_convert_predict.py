@@ -42,20 +42,25 @@ def test_convert_then_predict(tmp_path, capsys):
   rng = np.random.default_rng(0)
   Image.fromarray(rng.integers(0, 255, (50, 80, 3), dtype=np.uint8)).save(images / "a.jpg")
   Image.fromarray(rng.integers(0, 255, (90, 40), dtype=np.uint8)).save(images / "gray.png")
+  # a second "a": its overlay must not overwrite a.jpg's
+  Image.fromarray(rng.integers(0, 255, (30, 60, 3), dtype=np.uint8)).save(images / "a.png")
   (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
   pred = str(tmp_path / "pred")
   cli.main(["predict", str(images), "--config", cfg, "--checkpoint", out, "--output", pred,
             "--min-score", "0.0", "--draw-threshold", "0.0"])
-  assert "2 image(s)" in capsys.readouterr().out
-  assert sorted(f for f in os.listdir(pred) if f.endswith(".png")) == ["a.png", "gray.png"]
+  assert "3 image(s)" in capsys.readouterr().out
+  assert sorted(f for f in os.listdir(pred) if f.endswith(".png")) == ["a-2.png", "a.png",
+                                                                        "gray.png"]
   assert np.asarray(Image.open(os.path.join(pred, "gray.png"))).shape == (90, 40, 3)
   with open(os.path.join(pred, "results.json")) as f:
     results = json.load(f)
   with open(os.path.join(pred, "images.json")) as f:
     imgs = json.load(f)
-  assert [i["height"] for i in imgs] == [50, 90]
+  assert [i["height"] for i in imgs] == [50, 30, 90]
+  assert [i["overlay"] for i in imgs] == ["a.png", "a-2.png", "gray.png"]
+  assert np.asarray(Image.open(os.path.join(pred, "a-2.png"))).shape == (30, 60, 3)
   for r in results:
-    assert r["image_id"] in (1, 2) and 1 <= r["category_id"] <= 3
+    assert r["image_id"] in (1, 2, 3) and 1 <= r["category_id"] <= 3
     x, y, w, h = r["bbox"]
     im = imgs[r["image_id"] - 1]
     assert x >= 0 and y >= 0 and x + w <= im["width"] + 1e-3 and y + h <= im["height"] + 1e-3

@@ -132,3 +132,15 @@ def test_norm_options(norm):
 def test_unknown_config_field():
   with pytest.raises(ValueError, match="unknown fields"):
     build_model(dict(TINY, not_a_field=1))
+
+
+def test_rpn_head_depth_is_not_capped_by_the_number_of_levels():
+  """conv_depth deeper than the 5 FPN levels still builds conv_depth convs,
+  shared by every level (it used to be zipped with the levels)."""
+  from mrcnn_jax.model.heads import RPNHead
+  feats = [jnp.zeros((1, s, s, 8)) for s in (16, 8, 4, 2, 1)]
+  head = RPNHead(num_anchors=3, conv_depth=7)
+  params = head.init(jax.random.PRNGKey(0), feats)["params"]
+  assert sorted(k for k in params if k.startswith("conv_")) == [f"conv_{i}" for i in range(7)]
+  logits, deltas = head.apply({"params": params}, feats)
+  assert [l.shape for l in logits] == [(1, s * s * 3) for s in (16, 8, 4, 2, 1)]

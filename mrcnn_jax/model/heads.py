@@ -50,9 +50,9 @@ class RPNHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: Sequence):
-    convs = [Conv(f.shape[-1] if i == 0 else features[0].shape[-1], 3, dtype=self.dtype,
-                  kernel_init=_normal001, name=f"conv_{i}")
-             for i, f in zip(range(self.conv_depth), features)]
+    # Every level has the same channels, so one stack serves them all.
+    convs = [Conv(features[0].shape[-1], 3, dtype=self.dtype, kernel_init=_normal001,
+                  name=f"conv_{i}") for i in range(self.conv_depth)]
     cls = Conv(self.num_anchors, 1, dtype=self.dtype, kernel_init=_normal001,
                name="cls_logits")
     box = Conv(4 * self.num_anchors, 1, dtype=self.dtype, kernel_init=_normal001,
