@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mrcnn_jax import train
-from mrcnn_jax.model import build_model
+from mrcnn_jax.model import build_model, init_params
 
 from helpers import synthetic_batch, tiny_config
 
@@ -181,3 +181,29 @@ def test_mask_head_runs_on_packed_positives_with_a_cap(setup):
     cand = np.asarray(full["mask_candidates"][i])  # the first len(cand) RoIs
     same = np.all(np.isclose(rois[:len(cand)], np.asarray(capped["mask_rois"][n])), axis=1)
     assert (same & cand).any()
+
+
+def test_batchnorm_in_fpn_and_heads_learns_statistics_in_training():
+  """A "bn" norm in the FPN and the heads uses batch statistics in training
+  and updates its running ones (make_norm used to be built without the train
+  flag there, so they never changed); inference still uses the running ones."""
+  c = tiny_config()
+  c.model.fpn_norm = "bn"
+  c.model.box_num_conv = 1
+  c.model.box_head_norm = "bn"
+  c.model.mask_head_norm = "bn"
+  model = build_model(c.model)
+  variables = jax.device_get(init_params(model, jax.random.PRNGKey(0)))
+  batch = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
+  _, updates = jax.jit(lambda v, b: model.apply(
+      v, b["image"], b["image_size"], b["gt_boxes"], b["gt_labels"], b["gt_valid"],
+      b["gt_masks"], jax.random.PRNGKey(3), method=model.train_outputs,
+      mutable=["batch_stats"]))(variables, batch)
+  for part in ("fpn", "box_head", "mask_head"):
+    before = jax.tree_util.tree_leaves(variables["batch_stats"][part])
+    after = jax.tree_util.tree_leaves(updates["batch_stats"][part])
+    assert before and all(np.abs(np.asarray(a) - np.asarray(b)).max() > 0
+                          for a, b in zip(after, before)), part
+  # inference reads the running statistics: apply without a mutable collection
+  # would fail if any norm tried to update them
+  jax.jit(model.apply)(variables, batch["image"], batch["image_size"])

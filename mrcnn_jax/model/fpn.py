@@ -24,11 +24,12 @@ class FPN(nn.Module):
   channels: int = 256
   norm: Optional[str] = None
   dtype: Any = jnp.float32
+  axis_name: Optional[str] = None  # BatchNorm statistics synchronised over it
 
   @nn.compact
-  def __call__(self, features: Sequence):
+  def __call__(self, features: Sequence, train: bool = False):
     use_bias = self.norm in (None, "none", "")
-    norm = make_norm(self.norm, dtype=self.dtype)
+    norm = make_norm(self.norm, train=train, dtype=self.dtype, axis_name=self.axis_name)
 
     def block(x, kernel, name):
       x = Conv(self.channels, kernel, use_bias=use_bias, dtype=self.dtype, kernel_init=_init,

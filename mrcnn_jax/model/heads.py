@@ -26,11 +26,14 @@ def _flatten_rois(x, dtype):
   return x.reshape((-1,) + x.shape[-3:]).astype(dtype)
 
 
-def _conv_stack(x, dims: Sequence[int], norm_kind, dtype, prefix: str):
+def _conv_stack(x, dims: Sequence[int], norm_kind, dtype, prefix: str, train: bool,
+                axis_name: Optional[str]):
   """3x3 conv (+ norm) + ReLU per entry of ``dims``; layers are named
   ``{prefix}{i}`` (1-based) as torchvision / Detectron2 name them. Called
-  from inside a compact ``__call__``, so the layers belong to that module."""
-  norm = make_norm(norm_kind, dtype=dtype)
+  from inside a compact ``__call__``, so the layers belong to that module.
+  A ``"bn"`` norm uses batch statistics (and updates its running ones) when
+  ``train``."""
+  norm = make_norm(norm_kind, train=train, dtype=dtype, axis_name=axis_name)
   for i, dim in enumerate(dims):
     x = Conv(dim, 3, use_bias=norm_kind in (None, "none", ""), dtype=dtype,
              kernel_init=_kaiming_fan_out, name=f"{prefix}{i + 1}")(x)
@@ -78,12 +81,13 @@ class BoxHead(nn.Module):
   fc_dim: int = 1024
   norm: Optional[str] = None
   dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     lead = x.shape[:-3]
     x = _conv_stack(_flatten_rois(x, self.dtype), (self.conv_dim,) * self.num_conv,
-                    self.norm, self.dtype, "conv")
+                    self.norm, self.dtype, "conv", train, self.axis_name)
     x = x.reshape(x.shape[0], -1)
     for i in range(self.num_fc):
       x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name=f"fc{i + 6}")(x))
@@ -117,12 +121,13 @@ class MaskHead(nn.Module):
   norm: Optional[str] = None
   class_agnostic: bool = False
   dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     lead = x.shape[:-3]
     x = _conv_stack(_flatten_rois(x, self.dtype), self.conv_dims, self.norm, self.dtype,
-                    "mask_fcn")
+                    "mask_fcn", train, self.axis_name)
     x = nn.relu(Upsample2x(self.deconv_dim, dtype=self.dtype, name="conv5_mask")(x))
     out = 1 if self.class_agnostic else self.num_classes
     # Detectron2 initialises the predictor with std 0.001 so the first mask

@@ -129,24 +129,27 @@ class MaskRCNN(nn.Module):
                            freeze_at=self.freeze_at, width=self.backbone_width,
                            dtype=self.dtype,
                            axis_name=self.axis_name)
-    self.fpn = FPN(channels=self.fpn_channels, norm=self.fpn_norm, dtype=self.dtype)
+    self.fpn = FPN(channels=self.fpn_channels, norm=self.fpn_norm, dtype=self.dtype,
+                   axis_name=self.axis_name)
     num_anchors = anchor_ops.num_anchors_per_location(self.anchor_sizes[0],
                                                       self.aspect_ratios[0])
     self.rpn_head = RPNHead(num_anchors=num_anchors, conv_depth=self.rpn_conv_depth,
                             dtype=self.dtype)
     self.box_head = BoxHead(num_conv=self.box_num_conv, conv_dim=self.box_conv_dim,
                             num_fc=self.box_num_fc, fc_dim=self.box_fc_dim,
-                            norm=self.box_head_norm, dtype=self.dtype)
+                            norm=self.box_head_norm, dtype=self.dtype,
+                            axis_name=self.axis_name)
     self.box_predictor = BoxPredictor(num_classes=self.num_classes, dtype=self.dtype)
     self.mask_head = MaskHead(num_classes=self.num_classes, conv_dims=tuple(self.mask_conv_dims),
                               deconv_dim=self.mask_deconv_dim, norm=self.mask_head_norm,
-                              class_agnostic=self.mask_class_agnostic, dtype=self.dtype)
+                              class_agnostic=self.mask_class_agnostic, dtype=self.dtype,
+                              axis_name=self.axis_name)
 
   # ---- stages, each usable on its own (notebooks, tests, training) --------
 
   def features(self, images, train: bool = False):
     """Normalised images [B, H, W, 3] -> [P2..P6] FPN features."""
-    return self.fpn(self.backbone(images, train=train))
+    return self.fpn(self.backbone(images, train=train), train=train)
 
   def anchors(self, canvas_size, features):
     grid_sizes = [tuple(f.shape[1:3]) for f in features]
@@ -174,16 +177,16 @@ class MaskRCNN(nn.Module):
         sampling_ratio=self.sampling_ratio, aligned=self.aligned,
         canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
 
-  def box_outputs(self, features, rois, canvas_size):
+  def box_outputs(self, features, rois, canvas_size, train: bool = False):
     """RoIs [B, R, 4] -> class logits [B, R, K], deltas [B, R, K, 4]."""
-    x = self.box_head(self.pool(features, rois, canvas_size, self.box_pool_size))
+    x = self.box_head(self.pool(features, rois, canvas_size, self.box_pool_size), train=train)
     return self.box_predictor(x)
 
-  def mask_outputs(self, features, rois, canvas_size, batch_index=None):
+  def mask_outputs(self, features, rois, canvas_size, batch_index=None, train: bool = False):
     """RoIs [B, R, 4] -> mask logits [B, R, M, M, K] (K = 1 if class-agnostic);
     or packed RoIs [N, 4] of images ``batch_index`` [N] -> [N, M, M, K]."""
     return self.mask_head(self.pool(features, rois, canvas_size, self.mask_pool_size,
-                                    batch_index))
+                                    batch_index), train=train)
 
   # ---- inference -----------------------------------------------------------
 
@@ -284,7 +287,7 @@ class MaskRCNN(nn.Module):
     cand = targets["mask_candidates"]
     img, slot, valid = target_ops.pack_positive_rois(cand, num_slots)
     rois = targets["roi_boxes"][img, slot]
-    logits = self.mask_outputs(features, rois, canvas_size, img)  # [N, M, M, K]
+    logits = self.mask_outputs(features, rois, canvas_size, img, train=True)  # [N, M, M, K]
     # Ground truth of image i, object j is row i * G + j of the flattened batch.
     mask_t = target_ops.mask_targets(
         rois, img * g + targets["roi_matched_idx"][img, slot], gt_boxes.reshape(b * g, 4),
@@ -329,7 +332,8 @@ class MaskRCNN(nn.Module):
                               gt_labels, gt_valid, rng, image_index)
     out["rpn_objectness"] = jnp.concatenate(objectness, axis=1)
     out["rpn_deltas"] = jnp.concatenate(deltas, axis=1)
-    out["class_logits"], out["box_deltas"] = self.box_outputs(feats, out["roi_boxes"], canvas)
+    out["class_logits"], out["box_deltas"] = self.box_outputs(feats, out["roi_boxes"], canvas,
+                                                              train=True)
     # (Choosing the slot count from the positives at run time, one
     # lax.switch branch per count, made the shapes step 2.2x slower on
     # XLA:CPU, so the count is static.)
