@@ -27,8 +27,9 @@ would make shapes depend on data, so it is rejected here.
 Bilinear interpolation is separable, and so is the out-of-range rule, so each
 axis gets its own (low index, high index, low weight, high weight) and a
 sample reads 4 feature vectors. Multi-level RoIAlign flattens all levels of
-an image into one [S, C] array and gives each RoI the offset, size and scale
-of its own level, so every RoI is sampled once, on its level only.
+all images into one [B * S, C] array and gives each RoI the offset, size and
+scale of its own level in its own image, so every RoI is sampled once, on
+its level only, and RoIs of different images can be pooled together.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
   num_levels = len(features_per_level)
   b, c = features_per_level[0].shape[0], features_per_level[0].shape[-1]
   # All levels of all images as one [B * S, C] map; a RoI of image i on level
-  # l reads rows i * S + offset_l ...
+  # l reads the rows from i * S + offset_l on.
   flat = jnp.concatenate(
       [f.reshape(b, -1, c) for f in features_per_level], axis=1)
   per_image = flat.shape[1]
