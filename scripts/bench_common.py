@@ -56,6 +56,16 @@ def import_torch():
   return (torch, torchvision), None
 
 
+def print_json_line(record: dict, out: str | None = None, append: bool = False):
+  """Prints ``record`` as one JSON line, and writes (or appends) it to ``out``."""
+  import json
+  line = json.dumps(record)
+  if out:
+    with open(out, "a" if append else "w") as f:
+      f.write(line + "\n")
+  print(line)
+
+
 def jax_device_description() -> str:
   import jax
   d = jax.devices()[0]

@@ -62,14 +62,14 @@ flagged by ``valid``), whatever the number of real detections.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from bench_common import cpu_name, import_torch, median_seconds, peak_rss_bytes, usable_cores
+from bench_common import (cpu_name, import_torch, median_seconds, peak_rss_bytes,
+                          print_json_line, usable_cores)
 
 H, W = 800, 1088  # a multiple of 32 each; torchvision's resize is the identity
 
@@ -246,11 +246,7 @@ def main(argv=None) -> int:
     figures["peak_rss_gib_process"] = round(peak_rss_bytes() / 2**30, 3)
   if stages is not None:
     figures["stages_s"] = stages
-  line = json.dumps(figures)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(line + "\n")
-  print(line)
+  print_json_line(figures, args.out)
   return 0
 
 

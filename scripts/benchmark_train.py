@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 from bench_common import (import_torch, jax_device_description, median_seconds,
-                          peak_rss_bytes, usable_cores)
+                          peak_rss_bytes, print_json_line, usable_cores)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -435,11 +435,7 @@ def main(argv=None) -> int:
     summary["ratio_step_time_mrcnn_jax_over_torchvision"] = round(
         ours["step_s"] / theirs["step_s"], 3)
     print(f"mrcnn_jax / torchvision step time: {summary['ratio_step_time_mrcnn_jax_over_torchvision']:.2f}x")
-  line = json.dumps(summary)
-  if args.out:
-    with open(args.out, "a") as f:
-      f.write(line + "\n")
-  print(line)
+  print_json_line(summary, args.out, append=True)
   return 0
 
 
