@@ -1,0 +1,83 @@
+"""The dependency direction of DESIGN.md, read from the source (every import,
+at module level or inside a function): ops are pure jax/numpy; the model
+needs no TensorFlow and nothing from the input pipeline, trainer or
+evaluation; the input pipeline never reaches into the model, trainer or
+evaluation."""
+
+import ast
+import os
+
+import pytest
+
+PACKAGE = os.path.join(os.path.dirname(__file__), "..", "mrcnn_jax")
+
+
+def imports_of(path):
+  """Top-level names of every module ``path`` imports, absolute, as dotted
+  strings (relative imports resolved against the package)."""
+  with open(path) as f:
+    tree = ast.parse(f.read(), path)
+  rel = os.path.relpath(path, os.path.join(PACKAGE, ".."))
+  package = os.path.dirname(rel).replace(os.sep, ".")
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom):
+      if node.level:
+        base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+        mod = f"{base}.{node.module}" if node.module else base
+      else:
+        mod = node.module
+      names.add(mod)
+      # `from mrcnn_jax import train` imports the module mrcnn_jax.train
+      names |= {f"{mod}.{a.name}" for a in node.names if mod == "mrcnn_jax"}
+  return names
+
+
+def modules_in(subpackage):
+  root = os.path.join(PACKAGE, subpackage)
+  return sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".py"))
+
+
+def starts(name, *prefixes):
+  return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize("path", modules_in("ops"), ids=os.path.basename)
+def test_ops_are_pure_jax(path):
+  for name in imports_of(path):
+    assert not starts(name, "flax", "tensorflow", "tensorflow_datasets", "optax", "orbax"), \
+        (path, name)
+    if starts(name, "mrcnn_jax"):
+      assert starts(name, "mrcnn_jax.ops"), (path, name)
+
+
+@pytest.mark.parametrize("path", modules_in("model"), ids=os.path.basename)
+def test_model_needs_no_tensorflow_and_no_pipeline_or_trainer(path):
+  for name in imports_of(path):
+    assert not starts(name, "tensorflow", "tensorflow_datasets"), (path, name)
+    assert not starts(name, "mrcnn_jax.data", "mrcnn_jax.train", "mrcnn_jax.evaluate"), \
+        (path, name)
+
+
+@pytest.mark.parametrize("path", modules_in("data"), ids=os.path.basename)
+def test_data_never_imports_model_trainer_or_evaluation(path):
+  for name in imports_of(path):
+    assert not starts(name, "mrcnn_jax.model", "mrcnn_jax.train", "mrcnn_jax.evaluate"), \
+        (path, name)
+
+
+def test_the_reader_sees_imports_inside_functions(tmp_path):
+  """The check itself: function-level and relative imports are found."""
+  sub = tmp_path / "mrcnn_jax" / "ops"
+  sub.mkdir(parents=True)
+  f = sub / "x.py"
+  f.write_text("def g():\n  import flax.linen\n  from . import boxes\n  from mrcnn_jax import train\n")
+  global PACKAGE
+  old, PACKAGE = PACKAGE, str(tmp_path / "mrcnn_jax")
+  try:
+    names = imports_of(str(f))
+  finally:
+    PACKAGE = old
+  assert {"flax.linen", "mrcnn_jax.ops", "mrcnn_jax.train"} <= names
