@@ -85,9 +85,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   # The mask head runs on the batch's positive RoIs packed into this many
   # slots per image (ops.targets.pack_positive_rois), not on every image's 128
   # positive slots: torchvision and Detectron2 run it on the positives there
-  # are, 40-60 per image on COCO-like images. Positives beyond the slots are
-  # left out at random and counted (num_mask_rois_left_out in the training
-  # log); None gives every positive slot a mask. Inference is unaffected.
+  # are (torchvision sampled ~70 per image on a COCO-like batch of 24 objects
+  # per image, scripts/benchmark_train.py --boxes 24). Positives beyond the
+  # slots are left out at random and counted (num_mask_rois_left_out in the
+  # training log); None gives every positive slot a mask. Inference is
+  # unaffected.
   m.mask_rois_per_image = 64
 
   m.dtype = "float32"
