@@ -1,6 +1,15 @@
 """Numpy image preprocessing for inference outside tf.data (notebooks,
-``mrcnn-jax predict``, benchmarks): torchvision's ``GeneralizedRCNNTransform``
-without TensorFlow.
+``mrcnn-jax predict``, export, benchmarks): torchvision's
+``GeneralizedRCNNTransform`` without TensorFlow.
+
+The rules (resized size, canvas, mean/std) are an
+:class:`~mrcnn_jax.input_spec.InputSpec`'s, the same the tf.data pipeline
+follows::
+
+  spec = InputSpec.from_config(config.data)
+  x, size = prepare_image(rgb, spec)        # short side spec.eval_min_size
+  batch, sizes = pad_to_spec_canvas([x], spec)
+  batch, sizes = prepare_batch([rgb], spec)  # the same in one call
 
 Resize is bilinear with ``align_corners=False`` and no antialiasing, PyTorch's
 ``F.interpolate`` rule (source = (dst + 0.5) * in / out - 0.5, clamped at 0),
@@ -13,14 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resize_scale(h: int, w: int, min_size: int, max_size: int) -> float:
-  """torchvision's scale: short side to min_size unless the long side would
-  exceed max_size."""
-  return min(min_size / min(h, w), max_size / max(h, w))
+from mrcnn_jax.input_spec import SIZE_DIVISIBILITY, InputSpec
 
 
 def _axis_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -44,11 +46,15 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.einsum("yh,hwc,xw->yxc", my, image, mx, optimize=True)
 
 
-def prepare_image(image: np.ndarray, *, min_size: int = 800, max_size: int = 1333,
-                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-  """uint8 (or [0, 1] float) RGB [H, W, 3] -> (normalised resized float32
-  image [h, w, 3], scale). Grayscale [H, W] or [H, W, 1] is expanded to RGB,
-  RGBA drops alpha."""
+def prepare_image(image: np.ndarray, spec: InputSpec, *, min_size: int | None = None
+                  ) -> tuple[np.ndarray, tuple[int, int]]:
+  """uint8 (or [0, 1] float) RGB [H, W, 3] -> (resized image normalised with
+  the spec's mean/std, float32 [h, w, 3]; its size (h, w)).
+
+  (h, w) is ``spec.resized_size(H, W, min_size)``: the short side is
+  ``min_size``, by default ``spec.eval_min_size``. Grayscale [H, W] or
+  [H, W, 1] is expanded to RGB, RGBA drops alpha.
+  """
   image = np.asarray(image)
   if image.ndim == 2:
     image = image[..., None]
@@ -58,18 +64,40 @@ def prepare_image(image: np.ndarray, *, min_size: int = 800, max_size: int = 133
     image = np.repeat(image, 3, axis=-1)
   image = image[..., :3]
   x = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-  h, w = x.shape[:2]
-  scale = resize_scale(h, w, min_size, max_size)
-  # torchvision: size = floor(in * scale) (recompute_scale_factor=True)
-  nh, nw = int(np.floor(h * scale)), int(np.floor(w * scale))
-  if (nh, nw) != (h, w):
-    x = resize_bilinear(x, (nh, nw))
-  x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-  return x, float(nh / h)
+  size = spec.resized_size(*x.shape[:2], min_size=min_size)
+  if size != x.shape[:2]:
+    x = resize_bilinear(x, size)
+  x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+  return x, size
+
+
+def pad_to_spec_canvas(images: Sequence[np.ndarray], spec: InputSpec):
+  """Prepared images (:func:`prepare_image`) -> one batch on their canvas,
+  ``spec.canvas_for`` their size (all must share it: with orientation buckets
+  batch landscape and portrait images apart).
+
+  Returns (batch [B, Hc, Wc, 3] float32, image_sizes [B, 2] int32).
+  """
+  if not len(images):
+    raise ValueError("pad_to_spec_canvas: no images")
+  canvases = {spec.canvas_for(*im.shape[:2]) for im in images}
+  if len(canvases) > 1:
+    raise ValueError(f"pad_to_spec_canvas: the images go to different canvases "
+                     f"{sorted(canvases)} (landscape and portrait); batch them apart")
+  return pad_to_canvas(images, canvas=canvases.pop(), size_divisibility=spec.size_divisibility)
+
+
+def prepare_batch(images: Sequence[np.ndarray], spec: InputSpec, *,
+                  min_size: int | None = None):
+  """RGB images -> (batch [B, Hc, Wc, 3] float32, image_sizes [B, 2] int32):
+  :func:`prepare_image` each, then :func:`pad_to_spec_canvas` (so all must
+  go to one canvas)."""
+  return pad_to_spec_canvas([prepare_image(im, spec, min_size=min_size)[0] for im in images],
+                            spec)
 
 
 def pad_to_canvas(images: Sequence[np.ndarray], canvas: tuple[int, int] | None = None,
-                  size_divisibility: int = 32):
+                  size_divisibility: int = SIZE_DIVISIBILITY):
   """Zero-pads images (bottom/right) onto one canvas.
 
   Returns (batch [B, H, W, 3] float32, image_sizes [B, 2] int32). Without an

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from mrcnn_jax.data import pipeline
 from mrcnn_jax.data import shapes
+from mrcnn_jax.input_spec import InputSpec, square_canvas
 
 COCO_CANVASES = ((800, 1344), (1344, 800))
 COCO_MIN_SIZES = tuple(range(640, 801, 32))
@@ -90,14 +91,15 @@ def bench_coco(args, batch_dims) -> None:
     json_path, images_dir = write_coco_like(
         os.path.join(tmp, "src"), args.num_images, args.objects_per_image)
     written = time.perf_counter()
-    coco.coco_builder(data_dir, train_json=json_path, train_images=images_dir)
+    builder = coco.coco_builder(data_dir, coco.CocoSource(
+        train_json=json_path, train_images=images_dir))
     print(f"wrote {args.num_images} JPEGs in {written - start:.1f} s; "
           f"prepared mrcnn_coco in {time.perf_counter() - written:.1f} s")
-    ds = coco.load_coco("train", data_dir, train_json=json_path,
-                        train_images=images_dir, decode=False)
+    ds = coco.load_coco(builder, "train", decode=False)
+    spec = InputSpec(min_sizes=COCO_MIN_SIZES, max_size=COCO_MAX_SIZE,
+                     canvases=COCO_CANVASES)
     batches = pipeline.make_pipeline(
-        ds, train=True, batch_dims=batch_dims, canvases=COCO_CANVASES,
-        min_size=COCO_MIN_SIZES, max_size=COCO_MAX_SIZE,
+        ds, spec=spec, train=True, batch_dims=batch_dims,
         max_instances=args.max_instances, gt_mask_size=args.gt_mask_size,
         seed=0, shuffle_buffer=args.num_images)
     ips = pipeline.measure_throughput(
@@ -150,14 +152,15 @@ def main(argv=None) -> None:
     print(f"prepared mrcnn_shapes ({args.num_train} train) in "
           f"{time.perf_counter() - start:.1f} s at {data_dir}")
     modes = ("tfds", "pipeline") if args.decode == "both" else (args.decode,)
+    spec = InputSpec(min_sizes=args.min_size, max_size=args.max_size,
+                     canvases=(square_canvas(args.max_size),))
     for mode in modes:
       ds = shapes.load_shapes("train", data_dir, num_train=args.num_train,
                               decode=mode == "tfds")
       batches = pipeline.make_pipeline(
-          ds, train=True, batch_dims=batch_dims,
-          canvas=pipeline.canvas_for(args.max_size), min_size=args.min_size,
-          max_size=args.max_size, max_instances=args.max_instances,
-          gt_mask_size=args.gt_mask_size, seed=0)
+          ds, spec=spec, train=True, batch_dims=batch_dims,
+          max_instances=args.max_instances, gt_mask_size=args.gt_mask_size,
+          seed=0)
       ips = pipeline.measure_throughput(
           pipeline.numpy_batches(batches), args.num_batches, warmup_batches=3)
       print(f"decode in {mode:8s}: {ips:7.1f} images/sec  (batch_dims="

@@ -9,10 +9,11 @@ pytest.importorskip("tensorflow_datasets")
 
 from mrcnn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 from mrcnn_jax.data import shapes  # pylint: disable=g-import-not-at-top
+from mrcnn_jax.input_spec import InputSpec  # pylint: disable=g-import-not-at-top
 
 TINY = dict(num_train=8, num_validation=4)
-SIZES = dict(canvas=(256, 256), min_size=128, max_size=256, max_instances=4,
-             gt_mask_size=14)
+SPEC = InputSpec(min_sizes=(128,), max_size=256, canvases=((256, 256),))
+SIZES = dict(spec=SPEC, max_instances=4, gt_mask_size=14)
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,7 @@ def test_flip_matches_flipping_the_input():
   flipped = _run(example, flip=True)
   by_hand = _run(mirrored, flip=False)
   nh, nw = plain["image_size"]
-  scale = np.float32(128) / np.float32(60)  # torchvision: float32 scale,
-  assert (nh, nw) == (int(np.floor(60 * np.float64(scale))),  # floor in double
-                      int(np.floor(90 * np.float64(scale))))
+  assert (nh, nw) == SPEC.resized_size(60, 90) == (128, 192)
   np.testing.assert_allclose(flipped["image"][:nh, :nw],
                              plain["image"][:nh, :nw][:, ::-1], atol=1e-5)
   assert np.all(flipped["image"][nh:] == 0) and np.all(
@@ -164,10 +163,13 @@ def test_boxes_follow_the_resize():
 
 
 def test_resized_size_follows_torchvision():
-  # float32(800 / 480) * 480 < 800 in double precision: torchvision gets 799.
+  # torchvision 0.28 (tests/data/torchvision_resize.json): 480 x 640 keeps
+  # 800 rows, but 800 / 334 rounds down in double precision: 799.
   new_h, new_w, scale = pipeline.resized_size(480, 640, 800, 1333)
-  assert (int(new_h), int(new_w)) == (799, 1066)
+  assert (int(new_h), int(new_w)) == (800, 1066)
   assert float(scale) == pytest.approx(800 / 480)
+  new_h, new_w, _ = pipeline.resized_size(334, 500, 800, 1333)
+  assert (int(new_h), int(new_w)) == (799, 1197)
   new_h, new_w, _ = pipeline.resized_size(100, 300, 128, 256)
   assert (int(new_h), int(new_w)) == (85, 256)  # long side caps the scale
 
@@ -241,10 +243,60 @@ def test_eval_pipeline_pads_the_last_batch():
   assert np.all(batch["image"][1, 1] == 0)
 
 
+def test_training_draws_min_sizes_evaluation_uses_eval_min_size():
+  examples = [_example(50 + 7 * i, 70, [(5, 5, 30, 30)], seed=i)
+              for i in range(8)]
+  spec = InputSpec(min_sizes=(96, 112, 128), max_size=256,
+                   canvases=((256, 256),), eval_min_size=100)
+  kwargs = dict(spec=spec, batch_dims=(4,), seed=0, max_instances=4,
+                gt_mask_size=14)
+  train = pipeline.make_pipeline(_generator_ds(examples), train=True,
+                                 shuffle_buffer=1, flip_prob=0.0, **kwargs)
+  drawn = []
+  for _, batch in zip(range(4), pipeline.numpy_batches(train)):
+    for (oh, ow), size in zip(batch["orig_size"], batch["image_size"]):
+      picked = [m for m in spec.min_sizes
+                if spec.resized_size(oh, ow, m) == tuple(size)]
+      assert picked, (oh, ow, size)
+      drawn.append(picked[0])
+  assert len(set(drawn)) > 1
+  evaluation = pipeline.make_pipeline(_generator_ds(examples), train=False,
+                                      **kwargs)
+  for batch in pipeline.numpy_batches(evaluation):
+    for (oh, ow), size in zip(batch["orig_size"], batch["image_size"]):
+      assert tuple(size) == spec.resized_size(oh, ow) == spec.resized_size(
+          oh, ow, 100)
+
+
+def test_skip_examples_resumes_the_stream_exactly():
+  examples = [_example(40 + 9 * i, 60, [(5, 5, 30, 30)], seed=i)
+              for i in range(6)]
+  spec = InputSpec(min_sizes=(64, 96), max_size=128, canvases=((128, 128),))
+
+  def stream(skip):
+    ds = pipeline.make_pipeline(
+        _generator_ds(examples), spec=spec, train=True, batch_dims=(2,),
+        seed=3, shuffle_buffer=4, skip_examples=skip, max_instances=4,
+        gt_mask_size=14)
+    return [b for _, b in zip(range(3), pipeline.numpy_batches(ds))]
+
+  full, resumed = stream(0), stream(2)
+  assert not np.array_equal(full[0]["image"], resumed[0]["image"])
+  for a, b in zip(full[1:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 def test_canvas_too_small_and_missing_fields_raise():
-  example = _example(64, 200, [(0, 0, 10, 10)])
+  # The spec refuses canvases that cannot hold its sizes...
+  with pytest.raises(ValueError, match=r"config\.data\.canvas=\(128, 128\)"):
+    InputSpec(min_sizes=128, max_size=256, canvases=((128, 128),))
+  # ...and the pipeline guards a min_size beyond the spec's: 90 x 100 at
+  # short side 96 is 86 x 96, landscape, taller than its canvas.
+  buckets = InputSpec(min_sizes=64, max_size=96, canvases=((64, 96), (96, 64)))
   with pytest.raises(tf.errors.InvalidArgumentError, match="canvas"):
-    _run(example, canvas=(128, 128))
+    _run(_example(90, 100, [(0, 0, 10, 10)]), spec=buckets, min_size=96)
+  example = _example(64, 200, [(0, 0, 10, 10)])
   del example["objects"]["mask"]
   with pytest.raises(ValueError, match="objects/mask"):
     _run(example)

@@ -37,8 +37,8 @@ when they are prepared.
 Output: one dict per batch (numpy through :func:`numpy_batches`):
 
 =================  ==============  ============================================
-``image``          float32         [..., Hc, Wc, 3] normalised with mean/std,
-                                   zero-padded bottom/right
+``image``          float32         [..., Hc, Wc, 3] normalised with the
+                                   spec's mean/std, zero-padded bottom/right
 ``image_size``     int32 [..., 2]  (h, w) of the resized image inside the canvas
 ``orig_size``      int32 [..., 2]  (H, W) of the original image
 ``scale``          float32 [...]   resize factor (see "Resizing")
@@ -57,10 +57,13 @@ Output: one dict per batch (numpy through :func:`numpy_batches`):
 ``num_crowd``      int32 [...]     crowd objects dropped (``objects/is_crowd``)
 =================  ==============  ============================================
 
-With one ``canvas`` every batch has the static shape above. With orientation
-buckets (``canvases=(landscape, portrait)``, e.g. ``((800, 1344), (1344,
-800))``) an image whose width >= height goes to the landscape canvas, the
-others to the portrait one, and batches are grouped (``group_by_window`` keyed
+Sizes, canvases and normalisation are those of an
+:class:`~mrcnn_jax.input_spec.InputSpec` (``InputSpec.from_config(
+config.data)``), the rules ``predict`` and export follow too. With one canvas
+every batch has the static shape above. With orientation buckets (e.g.
+``canvases=((800, 1344), (1344, 800))``) a resized image whose width >= height
+goes to the landscape canvas, the others to the portrait one
+(``InputSpec.canvas_for``), and batches are grouped (``group_by_window`` keyed
 by the canvas, window = batch size) so that every batch holds one canvas: the
 ``image`` shape is static per batch but differs between batches (its
 ``element_spec`` says ``[..., None, None, 3]``), so a jitted step compiles
@@ -68,8 +71,9 @@ once per canvas. Grouping reorders the stream slightly: a batch is emitted when
 its bucket has filled, the other bucket keeps waiting.
 
 Resizing (torchvision's ``GeneralizedRCNNTransform``): ``scale =
-min(min_size / min(H, W), max_size / max(H, W))`` computed in float32, the
-resized size is ``floor(H * scale), floor(W * scale)``, and the image is
+min(min_size / min(H, W), max_size / max(H, W))`` and the resized size
+``floor(H * scale), floor(W * scale)``, both in float64, exactly as
+``InputSpec.resized_size`` (see ``mrcnn_jax.input_spec``); the image is
 resized bilinearly with half-pixel centres and no antialiasing
 (``align_corners=False``). A continuous coordinate maps by the per-axis ratio
 ``image_size / orig_size``, which is how boxes are transformed, so they line
@@ -90,12 +94,13 @@ pixel of the image border repeat the edge pixel rather than blending in zeros.
 Flipping the crop equals cropping the flipped mask with the flipped box, which
 is how flips are applied to masks.
 
-Multi-scale training: ``min_size`` may be a sequence; in training each example
-draws one of its values uniformly from a stateless RNG keyed on ``(seed,
-position in the stream)`` (independent of the flip's draw); evaluation uses the
-last value, as torchvision's ``GeneralizedRCNNTransform`` does (so Detectron2's
-``(640, 672, ..., 800)`` trains multi-scale and evaluates at 800). ``max_size`` stays one value, so a canvas that holds ``max_size``
-(and the largest ``min_size``) holds every scale.
+Multi-scale training: with several ``spec.min_sizes`` each training example
+draws one uniformly from a stateless RNG keyed on ``(seed, position in the
+stream)`` (independent of the flip's draw); evaluation uses
+``spec.eval_min_size`` (by default the last value, as torchvision's
+``GeneralizedRCNNTransform``: Detectron2's ``(640, 672, ..., 800)`` trains
+multi-scale and evaluates at 800). ``max_size`` stays one value, and the spec
+checks that its canvases hold every scale.
 
 Determinism: for a given ``seed`` the stream is identical run to run:
 shuffling is seeded, the map is ordered, and each example's flip (and scale)
@@ -108,7 +113,6 @@ bucket are seen twice or skipped).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -116,38 +120,31 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn_jax.data import hide_accelerators_from_tf
+from mrcnn_jax.input_spec import InputSpec
 
 hide_accelerators_from_tf()
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 OUTPUT_KEYS = ("image", "image_size", "orig_size", "scale", "image_id",
                "gt_boxes", "gt_labels", "gt_valid", "gt_masks", "num_dropped",
                "num_invalid", "num_crowd")
 
 
-def canvas_for(max_size: int, multiple: int = 32) -> tuple[int, int]:
-  """A square canvas that holds any resized image: max_size rounded up."""
-  side = int(math.ceil(max_size / multiple) * multiple)
-  return side, side
-
-
 def resized_size(height, width, min_size, max_size: int):
   """(new_h, new_w) int32 and scale float32 of torchvision's resize rule.
 
-  ``min_size`` may be a Python int or a scalar integer tensor (multi-scale).
+  The TF twin of ``mrcnn_jax.input_spec.resized_size``, with the same float64
+  arithmetic (a division, a minimum, a product and a floor, each exactly
+  rounded), so both give the same sizes. Arguments may be Python ints or
+  integer tensors (scalars, or of one shape); ``min_size`` is a tensor when
+  drawn per example (multi-scale).
   """
-  h = tf.cast(height, tf.float32)
-  w = tf.cast(width, tf.float32)
-  scale = tf.minimum(tf.cast(min_size, tf.float32) / tf.minimum(h, w),
-                     float(max_size) / tf.maximum(h, w))
-  # torchvision multiplies the float32 scale (as a Python float) by the size
-  # in double precision and floors: 800 / 480 -> 799 rows, not 800.
-  scale64 = tf.cast(scale, tf.float64)
-  new_h = tf.cast(tf.floor(tf.cast(height, tf.float64) * scale64), tf.int32)
-  new_w = tf.cast(tf.floor(tf.cast(width, tf.float64) * scale64), tf.int32)
-  return tf.maximum(new_h, 1), tf.maximum(new_w, 1), scale
+  h = tf.cast(height, tf.float64)
+  w = tf.cast(width, tf.float64)
+  scale = tf.minimum(tf.cast(min_size, tf.float64) / tf.minimum(h, w),
+                     tf.cast(max_size, tf.float64) / tf.maximum(h, w))
+  new_h = tf.cast(tf.floor(h * scale), tf.int32)
+  new_w = tf.cast(tf.floor(w * scale), tf.int32)
+  return tf.maximum(new_h, 1), tf.maximum(new_w, 1), tf.cast(scale, tf.float32)
 
 
 def _decode_image(image):
@@ -245,51 +242,37 @@ def crop_masks_to_boxes(masks, boxes, mask_size: int):
   return tf.clip_by_value(crops[..., 0], 0.0, 1.0)
 
 
-def _as_canvas(canvas, what="canvas") -> tuple[int, int]:
-  canvas = tuple(int(c) for c in canvas)
-  if len(canvas) != 2 or min(canvas) < 1:
-    raise ValueError(f"pipeline: {what} must be (H, W) positive ints, got "
-                     f"{canvas}")
-  return canvas
+def _canvas(spec: InputSpec, new_h, new_w):
+  """(Hc, Wc) of ``spec.canvas_for`` for a resized size given as tensors:
+  Python ints with one canvas, int32 tensors with orientation buckets."""
+  if not spec.bucketed:
+    return spec.canvases[0]
+  landscape, portrait = (tf.constant(c, tf.int32) for c in spec.canvases)
+  canvas_hw = tf.where(new_w >= new_h, landscape, portrait)
+  return canvas_hw[0], canvas_hw[1]
 
 
-def preprocess_example(example: dict[str, Any], *, flip,
-                       canvas: Sequence[int] | None = None,
-                       min_size, max_size: int, max_instances: int,
-                       gt_mask_size: int,
-                       mean: Sequence[float] = IMAGENET_MEAN,
-                       std: Sequence[float] = IMAGENET_STD,
-                       canvases: Sequence[Sequence[int]] | None = None
-                       ) -> dict[str, Any]:
+def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
+                       min_size=None, max_instances: int,
+                       gt_mask_size: int) -> dict[str, Any]:
   """One example in the input layout -> one unbatched output dict.
 
   Works eagerly and inside ``tf.data`` (graph mode). ``flip`` (Python bool or
   scalar bool tensor) mirrors image, boxes and masks horizontally together.
-  ``min_size`` is an int or a scalar integer tensor. Give either one
-  ``canvas`` (H, W), or ``canvases=(landscape, portrait)``: the image goes to
-  the first if its width >= its height, else to the second (then ``image``
-  has a static shape of ``[None, None, 3]``). See the module docstring for
-  the input and output layouts; boxes are ``xyxy`` in pixels of the resized
-  image.
+  ``min_size`` is an int or a scalar integer tensor, by default
+  ``spec.eval_min_size``. The image is resized, normalised and padded by the
+  ``spec``; with orientation buckets ``image`` has a static shape of
+  ``[None, None, 3]``. See the module docstring for the input and output
+  layouts; boxes are ``xyxy`` in pixels of the resized image.
   """
   _check_fields(example)
-  if (canvas is None) == (canvases is None):
-    raise ValueError("preprocess_example: give exactly one of canvas and "
-                     "canvases")
+  if min_size is None:
+    min_size = spec.eval_min_size
   flip = tf.cast(flip, tf.bool)
   image = _decode_image(example["image"])
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
   hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  if canvas is not None:
-    canvas_h, canvas_w = _as_canvas(canvas)
-    canvas_desc = str((canvas_h, canvas_w))
-  else:
-    landscape, portrait = (_as_canvas(c, "canvases[i]") for c in canvases)
-    canvas_hw = tf.where(width >= height, tf.constant(landscape, tf.int32),
-                         tf.constant(portrait, tf.int32))
-    canvas_h, canvas_w = canvas_hw[0], canvas_hw[1]
-    canvas_desc = f"{landscape} (landscape) / {portrait} (portrait)"
   objects = example["objects"]
 
   # --- Ground truth in original pixels; drop crowd and zero-area boxes. ---
@@ -331,12 +314,14 @@ def preprocess_example(example: dict[str, Any], *, flip,
   gt_masks = tf.where(flip, tf.reverse(gt_masks, axis=[2]), gt_masks)
 
   # --- Resize the image; boxes follow the per-axis size ratio. ------------
-  new_h, new_w, scale = resized_size(height, width, min_size, max_size)
+  new_h, new_w, scale = resized_size(height, width, min_size, spec.max_size)
+  canvas_h, canvas_w = _canvas(spec, new_h, new_w)
+  # The spec checked that its canvases hold every size of its min/max sizes;
+  # this guards a min_size given here beyond them.
   tf.debugging.assert_less_equal(
       tf.stack([new_h, new_w]), tf.stack([canvas_h, canvas_w]),
-      message=(f"pipeline: resized image does not fit the canvas "
-               f"{canvas_desc}; make canvas >= max_size={max_size} "
-               f"on each side (see canvas_for)"))
+      message=(f"pipeline: resized image does not fit the canvas of "
+               f"{spec.describe_canvases()} (a min_size beyond the spec's?)"))
   image = tf.cast(image, tf.float32) * (1.0 / 255.0)
   image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear",
                           antialias=False)
@@ -350,12 +335,13 @@ def preprocess_example(example: dict[str, Any], *, flip,
       boxes)
 
   # --- Normalise, pad to the canvas and to max_instances. -----------------
-  image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+  image = ((image - tf.constant(spec.mean, tf.float32))
+           / tf.constant(spec.std, tf.float32))
   image = tf.pad(image, [[0, canvas_h - new_h], [0, canvas_w - new_w], [0, 0]])
-  if canvas is not None:
-    image = tf.ensure_shape(image, [canvas_h, canvas_w, 3])
-  else:
+  if spec.bucketed:
     image.set_shape([None, None, 3])
+  else:
+    image = tf.ensure_shape(image, [canvas_h, canvas_w, 3])
   pad_n = max_instances - k
   out = {
       "image": image,
@@ -401,47 +387,30 @@ def _padding_examples(count, canvas_hw, max_instances, gt_mask_size):
   }
 
 
-def _min_sizes(min_size) -> tuple[int, ...]:
-  sizes = (min_size,) if np.ndim(min_size) == 0 else tuple(min_size)
-  if not sizes or any(int(s) != s for s in sizes):
-    raise ValueError(f"make_pipeline: min_size must be an int or a non-empty "
-                     f"sequence of ints, got {min_size!r}")
-  return tuple(int(s) for s in sizes)
-
-
-def make_pipeline(ds: tf.data.Dataset, *, train: bool,
-                  batch_dims: Sequence[int],
-                  canvas: Sequence[int] | None = None,
-                  min_size: int | Sequence[int], max_size: int,
-                  max_instances: int, gt_mask_size: int,
-                  mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD,
-                  flip_prob: float = 0.5, seed: int = 0,
+def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
+                  batch_dims: Sequence[int], max_instances: int,
+                  gt_mask_size: int, flip_prob: float = 0.5, seed: int = 0,
                   shuffle_buffer: int = 512, repeat: bool | None = None,
                   skip_examples: int = 0,
                   drop_remainder: bool = True, prefetch: int = 2,
                   cache: bool = False,
-                  num_parallel_calls: int | None = None,
-                  canvases: Sequence[Sequence[int]] | None = None
-                  ) -> tf.data.Dataset:
+                  num_parallel_calls: int | None = None) -> tf.data.Dataset:
   """Examples -> batches of static shape with leading dims `batch_dims`.
 
   Args:
     ds: examples in the input layout (module docstring), e.g. from
       ``shapes.load_shapes(split, data_dir, decode=False)`` or
-      ``coco.load_coco(split, data_dir, ..., decode=False)``.
+      ``coco.load_coco(builder, split, decode=False)``.
+    spec: the input rules (``InputSpec.from_config(config.data)``): short
+      side(s) and ``max_size`` of the resize, the canvas or orientation
+      buckets, mean/std (module docstring).
     train: shuffle (``shuffle_buffer``, seeded), flip (``flip_prob``) and
-      draw a ``min_size`` per example; otherwise none of these.
+      draw the short side from ``spec.min_sizes`` per example; otherwise none
+      of these and the short side is ``spec.eval_min_size``.
     batch_dims: leading dims of every output, e.g. ``(devices, per_device)``;
       their product is the number of examples per batch.
-    canvas: (Hc, Wc) every image is padded to; must hold the resized images.
-    min_size: short side after resizing: an int, or a sequence to draw from
-      per example in training (otherwise its last value is used, as in
-      torchvision).
-    max_size: cap on the long side after resizing (module docstring).
     max_instances: N, ground truth per image after padding / dropping.
     gt_mask_size: S of the cropped mask targets.
-    mean, std: per-channel normalisation of the [0, 1] RGB image.
     flip_prob: probability of a horizontal flip (training only).
     seed: seeds the shuffle, the flips and the scales.
     shuffle_buffer: examples in the shuffle buffer (training only).
@@ -450,16 +419,11 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
       resume training where a checkpoint left off.
     drop_remainder: drop a final partial batch; if False it is filled with
       blank examples whose ``image_id`` is -1 (so every batch has the same
-      shape) -- skip those when evaluating. With ``canvases`` each bucket's
-      final partial batch is filled the same way.
+      shape) -- skip those when evaluating. With orientation buckets each
+      bucket's final partial batch is filled the same way.
     prefetch: batches to prefetch (0 for none).
     cache: cache the input examples in memory after the first pass.
     num_parallel_calls: parallelism of the per-example map (AUTOTUNE).
-    canvases: instead of ``canvas``: ``(landscape (Hc, Wc), portrait (Hc,
-      Wc))``, e.g. ``((800, 1344), (1344, 800))``; each batch holds images of
-      one orientation padded to its canvas (module docstring). Each canvas
-      must hold every resized image of its orientation: the long side >=
-      ``max_size``, the short side >= ``min(max(min_size), max_size)``.
 
   Returns:
     A ``tf.data.Dataset`` of batch dicts (module docstring), deterministic
@@ -469,35 +433,15 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
   if not batch_dims or any(d < 1 for d in batch_dims):
     raise ValueError(f"make_pipeline: batch_dims must be positive ints, got "
                      f"{batch_dims}")
-  min_sizes = _min_sizes(min_size)
-  if not all(0 < s <= max_size for s in min_sizes):
-    raise ValueError(f"make_pipeline: need 0 < min_size <= max_size, got "
-                     f"{min_size}, {max_size}")
-  if (canvas is None) == (canvases is None):
-    raise ValueError("make_pipeline: give exactly one of canvas (H, W) and "
-                     "canvases ((H, W) landscape, (H, W) portrait)")
-  if canvas is not None:
-    canvas = _as_canvas(canvas)
-  else:
-    canvases = tuple(_as_canvas(c, "canvases[i]") for c in canvases)
-    if len(canvases) != 2:
-      raise ValueError(f"make_pipeline: canvases must be (landscape (H, W), "
-                       f"portrait (H, W)), got {canvases}")
-    short = min(max(min_sizes), max_size)
-    (lh, lw), (ph, pw) = canvases
-    if lh < short or lw < max_size or ph < max_size or pw < short:
-      raise ValueError(
-          f"make_pipeline: canvases {canvases} cannot hold every resized "
-          f"image: landscape needs H >= {short} and W >= max_size={max_size}, "
-          f"portrait H >= {max_size} and W >= {short}")
+  if not isinstance(spec, InputSpec):
+    raise TypeError(f"make_pipeline: spec must be an InputSpec (InputSpec."
+                    f"from_config(config.data)), got {type(spec).__name__}")
   if max_instances < 1 or gt_mask_size < 1:
     raise ValueError("make_pipeline: max_instances and gt_mask_size must be "
                      f">= 1, got {max_instances}, {gt_mask_size}")
   if not 0.0 <= flip_prob <= 1.0:
     raise ValueError(f"make_pipeline: flip_prob must be in [0, 1], got "
                      f"{flip_prob}")
-  if len(mean) != 3 or len(std) != 3:
-    raise ValueError("make_pipeline: mean and std need 3 values (RGB)")
   if repeat is None:
     repeat = train
   batch_size = int(np.prod(batch_dims))
@@ -519,6 +463,7 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
     # pipeline back where it was; enumerate from there so flips match too.
     ds = ds.skip(skip_examples)
   ds = ds.enumerate(start=skip_examples)
+  min_sizes = spec.min_sizes
   multi_scale = train and len(min_sizes) > 1
 
   def transform(index, example):
@@ -534,22 +479,19 @@ def make_pipeline(ds: tf.data.Dataset, *, train: bool,
           [], seed=scale_key, minval=0, maxval=len(min_sizes), dtype=tf.int32)
       size = tf.gather(tf.constant(min_sizes, tf.int32), choice)
     else:
-      size = min_sizes[-1]
+      size = min_sizes[-1] if train else spec.eval_min_size
     return preprocess_example(
-        example, flip=flip, canvas=canvas, canvases=canvases, min_size=size,
-        max_size=max_size, max_instances=max_instances,
-        gt_mask_size=gt_mask_size, mean=mean, std=std)
+        example, spec=spec, flip=flip, min_size=size,
+        max_instances=max_instances, gt_mask_size=gt_mask_size)
 
   ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
-  if canvas is not None:
+  if not spec.bucketed:
     ds = ds.batch(batch_size, drop_remainder=drop_remainder,
                   num_parallel_calls=parallel, deterministic=True)
   else:
-    portrait = tf.constant(canvases[1], tf.int32)
+    portrait = tf.constant(spec.canvases[1], tf.int32)
 
-    def bucket(example):  # 0 landscape, 1 portrait (one bucket if equal)
-      if canvases[0] == canvases[1]:
-        return tf.constant(0, tf.int64)
+    def bucket(example):  # 0 landscape, 1 portrait (the canvases differ)
       hw = tf.shape(example["image"])[:2]
       return tf.cast(tf.reduce_all(tf.equal(hw, portrait)), tf.int64)
 
