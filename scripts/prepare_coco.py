@@ -29,6 +29,7 @@ the counts and the config fields that train / evaluate on the dataset.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -60,10 +61,14 @@ def main(argv=None) -> None:
   if args.manual_dir is None and not any(paths.values()):
     parser.error("give --manual_dir (COCO 2017) or --train_json/"
                  "--train_images and/or --val_json/--val_images")
-  source = ({"manual_dir": args.manual_dir} if args.manual_dir is not None
+  given = ({"manual_dir": args.manual_dir} if args.manual_dir is not None
             else {k: v for k, v in paths.items() if v is not None})
+  try:
+    source = coco.CocoSource(**given)
+  except ValueError as e:
+    parser.error(str(e))
   start = time.perf_counter()
-  builder = coco.coco_builder(args.data_dir, **source)
+  builder = coco.coco_builder(args.data_dir, source)
   print(f"mrcnn_coco/{builder.builder_config.name} ready at "
         f"{builder.data_dir} ({time.perf_counter() - start:.0f} s)")
   names = coco.coco_class_names(builder)
@@ -78,7 +83,8 @@ def main(argv=None) -> None:
           f"{stats['num_images_without_objects']} images without objects; "
           f"skipped: {skipped or 'nothing'}")
   fields = {"name": "coco" if args.manual_dir is not None else "coco_format",
-            "data_dir": args.data_dir, **source}
+            "data_dir": args.data_dir,
+            **{k: v for k, v in dataclasses.asdict(source).items() if v}}
   print("config.data fields: " + json.dumps(fields))
 
 

@@ -1,4 +1,5 @@
-"""Tests for COCO-format data (mrcnn_jax/data/coco.py) through the pipeline.
+"""Tests for COCO-format data (mrcnn_jax/data/coco.py) through the pipeline
+(the json checks alone, without TensorFlow: test_coco_json.py).
 
 A tiny COCO-format dataset is written on the fly: JPEG, PNG, grayscale and
 RGBA images; polygons (one object with two), uncompressed and compressed RLE;
@@ -23,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 from mrcnn_jax import coco_eval  # noqa: E402
 from mrcnn_jax.data import coco, datasets, pipeline  # noqa: E402
+from mrcnn_jax.input_spec import InputSpec, resized_size  # noqa: E402
 
 CATEGORIES = [{"id": 12, "name": "lemon"}, {"id": 3, "name": "cherry"},
               {"id": 7, "name": "grape"}]  # out of order on purpose
@@ -120,21 +122,27 @@ def src(tmp_path_factory):
   json_path, images_dir = write_dataset(root)
   paths = dict(train_json=json_path, train_images=images_dir,
                val_json=json_path, val_images=images_dir)
+  source = coco.CocoSource(**paths)
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  builder = coco.coco_builder(data_dir, **paths)
-  return {"data_dir": data_dir, "paths": paths, "json": json_path,
-          "builder": builder}
+  builder = coco.coco_builder(data_dir, source)
+  return {"data_dir": data_dir, "paths": paths, "source": source,
+          "json": json_path, "builder": builder}
 
 
 def _load(src, split="validation", **kwargs):
-  return coco.load_coco(split, src["data_dir"], **src["paths"], **kwargs)
+  return coco.load_coco(src["builder"], split, **kwargs)
 
 
 def _by_id(ds):
   return {int(ex["image_id"]): ex for ex in ds.as_numpy_iterator()}
 
 
-SIZES = dict(min_size=64, max_size=96, max_instances=4, gt_mask_size=14)
+SIZES = dict(max_instances=4, gt_mask_size=14)
+MAX_SIZE = 96
+
+
+def _spec(min_sizes=64, canvases=((96, 96),)):
+  return InputSpec(min_sizes=min_sizes, max_size=MAX_SIZE, canvases=canvases)
 
 
 def test_builds_with_label_map_names_and_counts(src):
@@ -150,8 +158,8 @@ def test_builds_with_label_map_names_and_counts(src):
   assert stats["num_crowd"] == 1 and stats["num_images_without_objects"] == 1
   assert all(stats[k] == 0 for k in stats
              if k.startswith("skipped_") and not k.endswith("_ids"))
-  assert coco.coco_gt_json("validation", src["data_dir"],
-                           **src["paths"]) == src["json"]
+  assert coco.coco_gt_json(builder, "validation", src["source"]) == src["json"]
+  assert coco.coco_gt_json(builder, "train") == src["json"]  # as prepared
   examples = _by_id(_load(src, decode=True))
   assert sorted(examples) == [1, 2, 5, 9, 11]
   for ex in examples.values():
@@ -192,10 +200,10 @@ def test_masks_boxes_and_images_match_the_json(src):
     np.testing.assert_array_equal(decoded, examples[iid]["image"])
 
 
-def _eval_batches(src, **kwargs):
-  ds = pipeline.make_pipeline(_load(src), train=False, batch_dims=(2,),
-                              drop_remainder=False, seed=0,
-                              **dict(dict(SIZES, canvas=(96, 96)), **kwargs))
+def _eval_batches(src, min_sizes=64):
+  ds = pipeline.make_pipeline(_load(src), spec=_spec(min_sizes), train=False,
+                              batch_dims=(2,), drop_remainder=False, seed=0,
+                              **SIZES)
   out = {}
   for batch in pipeline.numpy_batches(ds):
     for i in range(2):
@@ -265,16 +273,16 @@ def test_orientation_buckets_group_batches_by_canvas(src):
     assert batch["gt_masks"].shape[2:] == (4, 14, 14)
 
   train = pipeline.make_pipeline(
-      _load(src, split="train"), train=True, batch_dims=(1, 2),
-      canvases=CANVASES, seed=0, shuffle_buffer=8, **SIZES)
+      _load(src, split="train"), spec=_spec(canvases=CANVASES), train=True,
+      batch_dims=(1, 2), seed=0, shuffle_buffer=8, **SIZES)
   seen = set()
   for _, batch in zip(range(6), pipeline.numpy_batches(train)):
     check(batch)
     seen.add(batch["image"].shape[2:4])
   assert seen == set(CANVASES)
   evaluation = pipeline.make_pipeline(
-      _load(src), train=False, batch_dims=(1, 2), canvases=CANVASES,
-      drop_remainder=False, seed=0, **SIZES)
+      _load(src), spec=_spec(canvases=CANVASES), train=False,
+      batch_dims=(1, 2), drop_remainder=False, seed=0, **SIZES)
   ids = []
   for batch in pipeline.numpy_batches(evaluation):
     check(batch)
@@ -283,8 +291,7 @@ def test_orientation_buckets_group_batches_by_canvas(src):
   assert sorted(i for i in ids if i >= 0) == [1, 2, 5, 9, 11]
   assert ids.count(-1) == 1
   with pytest.raises(ValueError, match="cannot hold"):
-    pipeline.make_pipeline(_load(src), train=False, batch_dims=(2,),
-                           canvases=((64, 90), (96, 64)), **SIZES)
+    _spec(canvases=((64, 64), (96, 64)))
 
 
 def test_multi_scale_draws_sizes_from_the_list_per_seed(src):
@@ -292,14 +299,13 @@ def test_multi_scale_draws_sizes_from_the_list_per_seed(src):
 
   def scales(seed):
     ds = pipeline.make_pipeline(
-        _load(src, split="train"), train=True, batch_dims=(2,),
-        canvas=(96, 96), seed=seed, flip_prob=0.0, shuffle_buffer=1,
-        **dict(SIZES, min_size=sizes))
+        _load(src, split="train"), spec=_spec(sizes), train=True,
+        batch_dims=(2,), seed=seed, flip_prob=0.0, shuffle_buffer=1, **SIZES)
     out = []
     for _, batch in zip(range(8), pipeline.numpy_batches(ds)):
       for (oh, ow), got in zip(batch["orig_size"], batch["image_size"]):
-        picked = [s for s in sizes if tuple(int(v) for v in pipeline.resized_size(
-            oh, ow, s, SIZES["max_size"])[:2]) == tuple(got)]
+        picked = [s for s in sizes
+                  if resized_size(oh, ow, s, MAX_SIZE) == tuple(got)]
         assert picked, (oh, ow, got)
         out.append(picked[0])
     return out
@@ -308,14 +314,19 @@ def test_multi_scale_draws_sizes_from_the_list_per_seed(src):
   assert a == b and a != c
   assert len(set(a)) > 1
   # Evaluation takes the last size (torchvision's rule): 64 here.
-  for ex in _eval_batches(src, min_size=sizes).values():
+  for ex in _eval_batches(src, min_sizes=sizes).values():
     oh, ow = ex["orig_size"]
     np.testing.assert_array_equal(
-        ex["image_size"], pipeline.resized_size(oh, ow, 64, 96)[:2])
+        ex["image_size"], resized_size(oh, ow, 64, MAX_SIZE))
 
 
-def test_datasets_routes_coco_format_configs(src):
+def test_datasets_routes_coco_format_configs(src, monkeypatch):
   import ml_collections
+  made = []
+  coco_builder = coco.coco_builder
+  monkeypatch.setattr(coco, "coco_builder",
+                      lambda *a, **k: made.append(a) or coco_builder(*a, **k))
+  datasets._prepared_coco_builder.cache_clear()
   config = ml_collections.ConfigDict()
   config.seed = 0
   d = config.data = ml_collections.ConfigDict()
@@ -330,6 +341,9 @@ def test_datasets_routes_coco_format_configs(src):
   d.gt_mask_size = 14
   d.flip_prob = 0.5
   d.shuffle_buffer = 8
+  info = datasets.dataset_info(config)
+  assert info.class_names == ["background"] + NAMES and info.num_classes == 4
+  assert info.label_to_category_id == LABEL_MAP
   assert datasets.class_names(config) == ["background"] + NAMES
   assert datasets.label_to_category_id(config) == LABEL_MAP
   assert datasets.eval_coco_gt(config) == src["json"]
@@ -338,10 +352,23 @@ def test_datasets_routes_coco_format_configs(src):
   ids = [i for b in datasets.eval_iterator(config, (2,))
          for i in b["image_id"] if i >= 0]
   assert sorted(ids) == [1, 2, 5, 9, 11]
-  config.label_space = "coco_ids"  # labels are the category ids
+  assert len(made) == 1  # one builder for all of the above
+  d.label_space = "coco_ids"  # labels are the category ids
+  info = datasets.dataset_info(config)
+  assert info.label_to_category_id is None
   assert datasets.label_to_category_id(config) == {i: i for i in range(1, 13)}
-  names = datasets.class_names(config)
+  names = info.class_names
   assert len(names) == 13 and names[7] == "grape" and names[1] == "N/A"
+  assert datasets.class_names(config) == names
+  d.class_names = tuple(f"c{i}" for i in range(14))  # overrides, may be longer
+  assert datasets.dataset_info(config).class_names == list(d.class_names)
+  assert datasets.class_names(config) == list(d.class_names)
+  # (with coco_ids and names given the dataset is not opened at all: the
+  # names are the model's label space, e.g. torchvision's 91 slots)
+  d.label_space = "contiguous"
+  d.class_names = ("background", "a")
+  with pytest.raises(ValueError, match="class_names has 2 names"):
+    datasets.dataset_info(config)
 
 
 # ------------------------------------------------------------------------------
@@ -360,8 +387,8 @@ def _broken(tmp_path, edit_json=None, edit_files=None):
       json.dump(data, f)
   if edit_files:
     edit_files(images_dir)
-  return coco.coco_builder(str(tmp_path / "tfds"), train_json=json_path,
-                           train_images=images_dir)
+  return coco.coco_builder(str(tmp_path / "tfds"), coco.CocoSource(
+      train_json=json_path, train_images=images_dir))
 
 
 def test_missing_image_file_raises_naming_it(tmp_path):
@@ -404,7 +431,7 @@ def test_unknown_category_and_bad_polygons_are_skipped_and_counted(
     data["annotations"][1]["segmentation"][0] = [45, 5, 60, 20]  # 2 points
     data["annotations"][2]["segmentation"] = [[50, 30, 81]]  # nothing left
 
-  with caplog.at_level(logging.WARNING, logger="mrcnn_jax.data.coco"):
+  with caplog.at_level(logging.WARNING, logger="mrcnn_jax.data.coco_json"):
     builder = _broken(tmp_path, edit_json=edit)
   assert ("skipped 2 annotations with unknown category ids: [98, 99]"
           in caplog.text)
@@ -415,10 +442,7 @@ def test_unknown_category_and_bad_polygons_are_skipped_and_counted(
   assert stats["skipped_unknown_category_annotation_ids"] == [101, 202]
   assert stats["skipped_invalid_polygon"] == 2
   assert stats["skipped_no_valid_segmentation_annotation_ids"] == [103]
-  examples = _by_id(coco.load_coco("train", str(tmp_path / "tfds"),
-                                   train_json=str(tmp_path / "src" / "instances.json"),
-                                   train_images=str(tmp_path / "src" / "images"),
-                                   decode=True))
+  examples = _by_id(coco.load_coco(builder, "train", decode=True))
   assert list(examples[1]["objects"]["id"]) == [102]
   # Annotation 102 kept its valid polygon only.
   mask = examples[1]["objects"]["mask"][0, ..., 0] > 0
@@ -459,4 +483,4 @@ def test_coco2017_manual_dir_layout(tmp_path):
   assert ids == [1, 2, 5, 9, 11]
   with pytest.raises(FileNotFoundError, match="train2017"):
     shutil.rmtree(root / "train2017")
-    coco.coco_builder(str(tmp_path / "tfds2"), manual_dir=str(root))
+    coco.coco_builder(str(tmp_path / "tfds2"), coco.CocoSource(manual_dir=str(root)))

@@ -121,3 +121,90 @@ def test_coco_gt_loads_into_pycocotools(data_dir, tmp_path):
       np.testing.assert_array_equal(coco.annToMask(ann), mask)
       x, y, bw, bh = ann["bbox"]
       assert mask[int(y):int(y + bh), int(x):int(x + bw)].sum() == ann["area"]
+
+
+NO_DEPRECATION_SCRIPT = """
+import logging, sys, warnings
+
+messages = []
+
+
+class Keep(logging.Handler):
+
+  def emit(self, record):
+    messages.append(f"{record.name}: {record.getMessage()}")
+
+
+logging.getLogger().addHandler(Keep(logging.WARNING))  # absl and tensorflow
+warnings.simplefilter("always")
+warnings.showwarning = lambda m, c, f, l, *a: messages.append(f"{c.__name__}: {m}")
+
+import ml_collections
+from mrcnn_jax.data import datasets, shapes
+
+config = ml_collections.ConfigDict()
+config.seed = 0
+d = config.data = ml_collections.ConfigDict()
+d.name = "shapes"
+d.data_dir = sys.argv[1]
+d.num_train, d.num_validation, d.dataset_seed = 4, 2, 0
+d.canvas = (128, 128)
+d.min_size, d.max_size = 96, 128
+d.max_instances, d.gt_mask_size = 4, 14
+d.flip_prob, d.shuffle_buffer = 0.5, 4
+assert datasets.dataset_info(config).num_classes == 4
+next(datasets.train_iterator(config, (2,)))
+list(datasets.eval_iterator(config, (2,)))
+datasets.eval_coco_gt(config)
+for decode in (False, True):
+  next(shapes.load_shapes("train", d.data_dir, num_train=4, num_validation=2,
+                          decode=decode).as_numpy_iterator())
+found = [m for m in messages if "deprecat" in m.lower()]
+print("FOUND", found)
+
+# Control: TFDS's own SkipDecoding of the masks logs the warnings caught here.
+import tensorflow_datasets as tfds
+ds = shapes.shapes_builder(d.data_dir, num_train=4, num_validation=2).as_dataset(
+    split="train", decoders={"objects": {"mask": tfds.decode.SkipDecoding()}})
+next(ds.as_numpy_iterator())
+print("CONTROL", [m for m in messages if "deprecat" in m.lower()])
+"""
+
+
+def test_loading_logs_no_deprecation_warnings(tmp_path):
+  """Building, loading (encoded and decoded) and iterating shapes through
+  datasets.py logs no TF / TFDS deprecation warning (a fresh interpreter:
+  each is logged only the first time)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, "-c", NO_DEPRECATION_SCRIPT, str(tmp_path)],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert "FOUND []" in lines, result.stdout
+  control = next(l for l in lines if l.startswith("CONTROL"))
+  assert "TensorInfo.dtype" in control and "map_fn_v2" in control, control
+
+
+def test_dataset_info_of_shapes(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from mrcnn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict()
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "shapes"
+  config.data.data_dir = str(tmp_path / "tfds")
+  info = datasets.dataset_info(config)
+  assert info.class_names == ["background", "square", "circle", "triangle"]
+  assert info.num_classes == 4 and info.label_space == "contiguous"
+  assert info.label_to_category_id == {1: 1, 2: 2, 3: 3}
+  assert not (tmp_path / "tfds").exists()  # nothing prepared for these facts
+  config.data.label_space = "coco_ids"
+  config.data.class_names = ("bg", "a", "b", "c")
+  info = datasets.dataset_info(config)
+  assert info.label_to_category_id is None and info.class_names == ["bg", "a", "b", "c"]
+  assert datasets.class_names(config) == ["bg", "a", "b", "c"]
+  assert datasets.label_to_category_id(config) == {1: 1, 2: 2, 3: 3}
+  config.data.label_space = "ids"
+  with pytest.raises(ValueError, match="label_space must be one of"):
+    datasets.dataset_info(config)

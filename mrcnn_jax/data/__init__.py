@@ -10,13 +10,16 @@ Submodules:
             (TFDS builder ``mrcnn_shapes``), plus its COCO-format ground truth.
   coco      COCO 2017 and any COCO-format dataset with instance masks (TFDS
             builder ``mrcnn_coco``), prepared from local files.
+  coco_json where a COCO-format dataset's files are (``CocoSource``), reading
+            and checking its jsons, masks by pycocotools; no TensorFlow.
   pipeline  tf.data pipeline: TFDS-style examples -> static-shape numpy batches.
-  datasets  config -> train / eval iterators and COCO ground truth.
+  datasets  config -> dataset facts (``dataset_info``), train / eval
+            iterators and COCO ground truth.
 """
 
 import importlib
 
-_SUBMODULES = ("shapes", "coco", "pipeline", "datasets")
+_SUBMODULES = ("shapes", "coco", "coco_json", "pipeline", "datasets")
 
 
 def hide_accelerators_from_tf() -> None:

@@ -19,17 +19,23 @@ last value, as torchvision), ``max_size``, ``max_instances``,
 ``skip_empty_train`` (drop training images without a non-crowd object,
 default True as in Detectron2).
 
-``config.label_space`` (top level; ``config.data.label_space`` is read too):
-"contiguous" (default) gives labels 1..K, categories sorted by id, mapped back
-by :func:`label_to_category_id`; "coco_ids" makes labels the category ids
-themselves (torchvision's 91-slot COCO models), with an identity map.
+Labels: ``config.data.label_space`` "contiguous" (default) gives labels 1..K,
+categories sorted by id, mapped back to category ids by
+``DatasetInfo.label_to_category_id``; "coco_ids" makes labels the category ids
+themselves (torchvision's 91-slot COCO models). ``config.data.class_names``,
+optional: names indexed by label (index 0 the background) shown instead of the
+dataset's. :func:`dataset_info` resolves these facts once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import dataclasses
+import functools
+from typing import Iterator, Sequence
 
 from mrcnn_jax.data import pipeline, shapes
+from mrcnn_jax.data.coco_json import LABEL_SPACES, CocoSource
+from mrcnn_jax.input_spec import InputSpec
 
 DATASETS = ("shapes", "coco", "coco_format")
 
@@ -45,16 +51,16 @@ def _shapes_kwargs(config):
   return dict(num_train=d.num_train, num_validation=d.num_validation, seed=d.dataset_seed)
 
 
-def _coco_kwargs(config) -> dict[str, Any]:
-  """The coco.load_coco / coco_builder keyword arguments naming the source."""
+def coco_source(config) -> CocoSource:
+  """The files of a "coco" / "coco_format" dataset, from ``config.data``."""
   d = config.data
   if d.name == "coco":
-    return dict(manual_dir=d.get("manual_dir"))
+    return CocoSource(manual_dir=d.get("manual_dir"))
   paths = {k: d.get(k) for k in ("train_json", "train_images", "val_json", "val_images")}
   if not any(paths.values()):
     raise ValueError("config.data.name='coco_format' needs config.data.train_json + "
                      "train_images and/or val_json + val_images")
-  return paths
+  return CocoSource(**paths)
 
 
 def _coco():
@@ -62,50 +68,109 @@ def _coco():
   return coco
 
 
-def _label_space(config) -> str:
-  return config.get("label_space") or config.data.get("label_space") or "contiguous"
+@functools.lru_cache(maxsize=8)
+def _prepared_coco_builder(data_dir, source: CocoSource):
+  return _coco().coco_builder(data_dir, source)
 
 
 def _coco_builder(config):
-  return _coco().coco_builder(config.data.data_dir, **_coco_kwargs(config))
+  """The prepared builder of the configured COCO dataset, made once per
+  (data_dir, source) in a process."""
+  return _prepared_coco_builder(config.data.data_dir, coco_source(config))
+
+
+def _label_options(config) -> tuple[str, tuple[str, ...]]:
+  """(label space, class-name override): the one place reading them."""
+  d = config.data
+  label_space = d.get("label_space") or "contiguous"
+  if label_space not in LABEL_SPACES:
+    raise ValueError(f"config.data.label_space must be one of {LABEL_SPACES}, got "
+                     f"{label_space!r}")
+  return label_space, tuple(d.get("class_names") or ())
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Facts of the configured dataset (see :func:`dataset_info`).
+
+  ``class_names``: indexed by label, 0 the background. ``label_to_category_id``:
+  {label 1..K: category id of the ground truth}, for ``detections_to_coco``;
+  None when labels are the category ids (``label_space="coco_ids"``).
+  """
+
+  class_names: list[str]
+  label_to_category_id: dict[int, int] | None
+  label_space: str = "contiguous"
+
+  @property
+  def num_classes(self) -> int:
+    """Background + categories: the model's ``num_classes``."""
+    return len(self.class_names)
+
+
+def dataset_info(config) -> DatasetInfo:
+  """Class names and label map of the configured dataset, resolved once.
+
+  COCO datasets are prepared if needed (their builder is made once per
+  process). A non-empty ``config.data.class_names`` replaces the dataset's
+  names; it may be longer (a model's label space), not shorter. With
+  ``label_space="coco_ids"`` and names given, the dataset is not opened.
+  """
+  _check(config)
+  label_space, override = _label_options(config)
+  if override and label_space == "coco_ids":
+    # Labels are the category ids and the names are given: nothing to read
+    # (e.g. predicting with torchvision's COCO weights, no COCO on disk).
+    return DatasetInfo(class_names=list(override), label_to_category_id=None,
+                       label_space=label_space)
+  if config.data.name == "shapes":
+    names = ["background"] + list(shapes.CLASS_NAMES)
+    label_map = {i: i for i in range(1, len(names))}  # category ids = labels
+  else:
+    builder = _coco_builder(config)
+    names = ["background"] + _coco().coco_class_names(builder, label_space)
+    label_map = _coco().coco_label_map(builder)
+  if override:
+    if len(override) < len(names):
+      raise ValueError(f"config.data.class_names has {len(override)} names, fewer than "
+                       f"the {len(names)} labels (background included) of dataset "
+                       f"{config.data.name!r} in label space {label_space!r}")
+    names = list(override)
+  return DatasetInfo(class_names=names,
+                     label_to_category_id=None if label_space == "coco_ids" else label_map,
+                     label_space=label_space)
 
 
 def class_names(config) -> list[str]:
-  """Names indexed by label (0 = background)."""
+  """Names indexed by label (0 = background): ``config.data.class_names`` if
+  set (the dataset is not opened), else the dataset's."""
   _check(config)
-  if config.data.name == "shapes":
-    return ["background"] + list(shapes.CLASS_NAMES)
-  return ["background"] + _coco().coco_class_names(_coco_builder(config), _label_space(config))
+  _, override = _label_options(config)
+  if override:
+    return list(override)
+  return dataset_info(config).class_names
 
 
 def label_to_category_id(config) -> dict[int, int]:
-  """{label 1..K: category id of the ground truth} for ``detections_to_coco``
-  (identity for shapes)."""
-  _check(config)
-  if config.data.name == "shapes":
-    return {i: i for i in range(1, len(shapes.CLASS_NAMES) + 1)}
-  return _coco().coco_label_map(_coco_builder(config), _label_space(config))
+  """{label 1..K: category id of the ground truth} (identity for
+  ``label_space="coco_ids"``); prefer ``dataset_info(config)``."""
+  info = dataset_info(config)
+  if info.label_to_category_id is not None:
+    return info.label_to_category_id
+  return {i: i for i in range(1, info.num_classes)}
 
 
 def _pipeline(config, ds, *, train: bool, batch_dims: Sequence[int], skip_examples: int = 0,
               drop_remainder: bool = True):
   d = config.data
-  canvases = d.get("canvases")
-  if canvases is not None:
-    canvas_kwargs = dict(canvases=tuple(tuple(c) for c in canvases))
-  else:
-    canvas_kwargs = dict(canvas=tuple(d.canvas))
-  min_size = d.min_size
-  if not train and d.get("eval_min_size"):
-    min_size = d.eval_min_size  # else make_pipeline takes min_size's last value
-  if not isinstance(min_size, int):
-    min_size = tuple(min_size)
+  # Sizes, canvases, mean/std: the one InputSpec of the config (validated).
+  spec = InputSpec.from_config(d)
   return pipeline.make_pipeline(
-      ds, train=train, batch_dims=tuple(batch_dims), **canvas_kwargs,
-      min_size=min_size, max_size=d.max_size, max_instances=d.max_instances,
-      gt_mask_size=d.gt_mask_size, flip_prob=d.flip_prob if train else 0.0,
-      seed=config.seed, shuffle_buffer=d.shuffle_buffer, repeat=train,
-      skip_examples=skip_examples, drop_remainder=drop_remainder)
+      ds, spec=spec, train=train, batch_dims=tuple(batch_dims),
+      max_instances=d.max_instances, gt_mask_size=d.gt_mask_size,
+      flip_prob=d.flip_prob if train else 0.0, seed=config.seed,
+      shuffle_buffer=d.shuffle_buffer, repeat=train, skip_examples=skip_examples,
+      drop_remainder=drop_remainder)
 
 
 def _load(config, split: str, train: bool):
@@ -113,8 +178,9 @@ def _load(config, split: str, train: bool):
   if d.name == "shapes":
     return shapes.load_shapes(split, d.data_dir, decode=False, **_shapes_kwargs(config))
   skip_empty = train and d.get("skip_empty_train", True) is not False
-  return _coco().load_coco(split, d.data_dir, decode=False, label_space=_label_space(config),
-                           skip_empty=skip_empty, **_coco_kwargs(config))
+  label_space, _ = _label_options(config)
+  return _coco().load_coco(_coco_builder(config), split, decode=False,
+                           label_space=label_space, skip_empty=skip_empty)
 
 
 def train_iterator(config, batch_dims: Sequence[int], skip_examples: int = 0) -> Iterator[dict]:
@@ -138,8 +204,8 @@ def eval_iterator(config, batch_dims: Sequence[int]) -> Iterator[dict]:
 def eval_coco_gt(config) -> dict | str:
   """The validation split's ground truth for pycocotools: a COCO dict for
   shapes (category ids equal the labels 1..K), the original json's path for
-  COCO datasets (map labels with :func:`label_to_category_id`)."""
+  COCO datasets (map labels with ``dataset_info(config).label_to_category_id``)."""
   _check(config)
   if config.data.name == "shapes":
     return shapes.shapes_coco_gt(config.data.data_dir, "validation", **_shapes_kwargs(config))
-  return _coco().coco_gt_json("validation", config.data.data_dir, **_coco_kwargs(config))
+  return _coco().coco_gt_json(_coco_builder(config), "validation", coco_source(config))

@@ -60,7 +60,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrcnn_jax.data import hide_accelerators_from_tf
-from mrcnn_jax.data.tfds_util import SourceFileCodePath, png_bytes
+from mrcnn_jax.data.tfds_util import (DecodeSequenceImages, KeepEncoded,
+                                      SourceFileCodePath, image_decoders,
+                                      png_bytes)
 
 hide_accelerators_from_tf()
 
@@ -360,12 +362,9 @@ def load_shapes(split: str = "train",
                      f"{sorted(_SPLIT_CODES)}")
   builder = shapes_builder(data_dir, num_train=num_train,
                            num_validation=num_validation, seed=seed)
-  decoders = None if decode else {
-      "image": tfds.decode.SkipDecoding(),
-      "objects": {"mask": tfds.decode.SkipDecoding()},
-  }
   return builder.as_dataset(split=split, shuffle_files=shuffle_files,
-                            read_config=read_config, decoders=decoders)
+                            read_config=read_config,
+                            decoders=image_decoders(decode))
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -377,8 +376,8 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def _iter_numpy(builder: MrcnnShapes, split: str) -> Iterator[dict[str, Any]]:
-  ds = builder.as_dataset(
-      split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  ds = builder.as_dataset(split=split, decoders={
+      "image": KeepEncoded(), "objects": {"mask": DecodeSequenceImages()}})
   yield from tfds.as_numpy(ds)
 
 
