@@ -23,5 +23,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.val_json = ml_collections.FieldReference(None, field_type=str)
   config.data.val_images = ml_collections.FieldReference(None, field_type=str)
   config.model.num_classes = 0  # 0: background + the json's categories
-  config.class_names = ()  # empty: taken from the json
+  config.data.class_names = ()  # empty: taken from the json
   return config

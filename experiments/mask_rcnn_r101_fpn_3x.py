@@ -11,5 +11,5 @@ import mask_rcnn_r50_fpn_3x as base
 
 def get_config():
   config = base.get_config()
-  config.model.depth = 101
+  config.model.backbone.depth = 101
   return config

@@ -19,69 +19,12 @@ import ml_collections
 
 
 def get_model_config() -> ml_collections.ConfigDict:
-  m = ml_collections.ConfigDict()
-  m.num_classes = 91  # COCO's 90 category slots + background, as torchvision
+  """torchvision's R50-FPN: the parts' own defaults (mrcnn_jax/model/config.py
+  lists the sections: backbone, fpn, rpn, roi_heads.box, roi_heads.mask),
+  with only what differs set here."""
+  from mrcnn_jax.model import default_model_config
 
-  # Backbone: ResNet-50, frozen BN, stem + layer1 frozen (trainable_layers=3).
-  m.depth = 50
-  m.groups = 1
-  m.width_per_group = 64
-  m.backbone_norm = "frozen_bn"
-  m.freeze_at = 2
-  m.backbone_width = 64
-
-  m.fpn_channels = 256
-  m.fpn_norm = None
-
-  # Anchors: one size per level P2..P6, three aspect ratios.
-  m.anchor_sizes = ((32,), (64,), (128,), (256,), (512,))
-  m.aspect_ratios = ((0.5, 1.0, 2.0),) * 5
-
-  m.rpn_conv_depth = 1
-  m.rpn_pre_nms_topk_train = 2000
-  m.rpn_pre_nms_topk_test = 1000
-  m.rpn_post_nms_topk_train = 2000
-  m.rpn_post_nms_topk_test = 1000
-  m.rpn_nms_threshold = 0.7
-  m.rpn_min_size = 1e-3
-  m.rpn_score_threshold = 0.0
-
-  # RoIAlign: torchvision's MultiScaleRoIAlign.
-  m.box_pool_size = 7
-  m.mask_pool_size = 14
-  m.sampling_ratio = 2
-  m.aligned = False
-  m.canonical_scale = 224.0
-  m.canonical_level = 4
-
-  # Box head (TwoMLPHead) and detection postprocessing.
-  m.box_num_conv = 0
-  m.box_conv_dim = 256
-  m.box_num_fc = 2
-  m.box_fc_dim = 1024
-  m.box_head_norm = None
-  m.bbox_reg_weights = (10.0, 10.0, 5.0, 5.0)
-  m.score_threshold = 0.05
-  m.nms_threshold = 0.5
-  m.detections_per_image = 100
-  m.detection_min_size = 1e-2
-  m.detection_candidates = 4000
-
-  # Mask head: 4 x conv 256, deconv, per-class 1x1 conv; sigmoid.
-  m.mask_conv_dims = (256, 256, 256, 256)
-  m.mask_deconv_dim = 256
-  m.mask_head_norm = None
-  m.mask_class_agnostic = False
-
-  # Training targets (torchvision / Detectron2 defaults).
-  m.rpn_fg_iou = 0.7
-  m.rpn_bg_iou = 0.3
-  m.rpn_batch_per_image = 256
-  m.rpn_positive_fraction = 0.5
-  m.roi_fg_iou = 0.5
-  m.roi_bg_iou = 0.5
-  m.roi_batch_per_image = 512
-  m.roi_positive_fraction = 0.25
+  m = default_model_config()  # ResNet-50, frozen BN, freeze_at=2, FPN 256, ...
   # The mask head runs on the batch's positive RoIs packed into this many
   # slots per image (ops.targets.pack_positive_rois), not on every image's 128
   # positive slots: torchvision and Detectron2 run it on the positives there
@@ -90,14 +33,14 @@ def get_model_config() -> ml_collections.ConfigDict:
   # slots are left out at random and counted (num_mask_rois_left_out in the
   # training log); None gives every positive slot a mask. Inference is
   # unaffected.
-  m.mask_rois_per_image = 64
-
-  m.dtype = "float32"
+  m.roi_heads.mask.rois_per_image = 64
   return m
 
 
 def get_data_config() -> ml_collections.ConfigDict:
   """COCO 2017 from a local directory (see scripts/prepare_coco.py)."""
+  from mrcnn_jax.coco_categories import COCO_91_NAMES
+
   d = ml_collections.ConfigDict()
   d.name = "coco"
   d.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir
@@ -111,19 +54,18 @@ def get_data_config() -> ml_collections.ConfigDict:
   d.gt_mask_size = 112
   d.flip_prob = 0.5
   d.shuffle_buffer = 1024
+  # Labels are COCO category ids (torchvision's 91-slot space), so a
+  # converted torchvision checkpoint's labels are the category ids.
+  d.label_space = "coco_ids"
+  d.class_names = COCO_91_NAMES
   return d
 
 
 def get_config() -> ml_collections.ConfigDict:
-  from mrcnn_jax.coco_categories import COCO_91_NAMES
-
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = get_model_config()
   config.data = get_data_config()
-  # Labels are COCO category ids (torchvision's 91-slot space).
-  config.label_space = "coco_ids"
-  config.class_names = COCO_91_NAMES
 
   # Training defaults: Detectron2's 1x schedule (batch 16, lr 0.02).
   config.batch_size = 16

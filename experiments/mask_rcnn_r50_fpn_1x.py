@@ -19,8 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config = base.get_config()
   config.model.num_classes = 81  # background + the 80 used categories
-  config.label_space = "contiguous"  # labels 1..80 -> category ids via the dataset
-  config.class_names = ("background",) + COCO_80_NAMES
+  config.data.label_space = "contiguous"  # labels 1..80 -> category ids via the dataset
+  config.data.class_names = ("background",) + COCO_80_NAMES
   # Multi-scale training as Detectron2: short side from this list.
   config.data.min_size = (640, 672, 704, 736, 768, 800)
   return config

@@ -12,7 +12,7 @@ import mask_rcnn_r50_fpn_3x as base
 
 def get_config():
   config = base.get_config()
-  config.model.depth = 101
-  config.model.groups = 32
-  config.model.width_per_group = 8
+  config.model.backbone.depth = 101
+  config.model.backbone.groups = 32
+  config.model.backbone.width_per_group = 8
   return config

@@ -26,26 +26,24 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- model: small backbone, narrow FPN and heads, fewer RoIs ----------
   m = config.model
   m.num_classes = 4  # background + square, circle, triangle
-  m.depth = 18
-  m.backbone_width = 32
-  m.backbone_norm = "gn"
-  m.freeze_at = 0
-  m.fpn_channels = 64
-  m.anchor_sizes = ((16,), (32,), (64,), (128,), (256,))
-  m.rpn_pre_nms_topk_train = 600
-  m.rpn_post_nms_topk_train = 300
-  m.rpn_pre_nms_topk_test = 300
-  m.rpn_post_nms_topk_test = 100
-  m.rpn_batch_per_image = 128
-  m.roi_batch_per_image = 64
-  m.mask_rois_per_image = 8  # of the 16 positive slots; up to 8 objects/image
-  m.box_fc_dim = 256
-  m.mask_conv_dims = (64, 64)
-  m.mask_deconv_dim = 64
-  m.detections_per_image = 20
-  m.detection_candidates = 300
-  config.label_space = "contiguous"
-  config.class_names = ("background", "square", "circle", "triangle")
+  m.backbone.depth = 18
+  m.backbone.width = 32
+  m.backbone.norm = "gn"
+  m.backbone.freeze_at = 0
+  m.fpn.channels = 64
+  m.rpn.anchor_sizes = ((16,), (32,), (64,), (128,), (256,))
+  m.rpn.pre_nms_topk_train = 600
+  m.rpn.post_nms_topk_train = 300
+  m.rpn.pre_nms_topk_test = 300
+  m.rpn.post_nms_topk_test = 100
+  m.rpn.batch_per_image = 128
+  m.roi_heads.batch_per_image = 64
+  m.roi_heads.box.fc_dim = 256
+  m.roi_heads.box.detections_per_image = 20
+  m.roi_heads.box.candidates = 300
+  m.roi_heads.mask.conv_dims = (64, 64)
+  m.roi_heads.mask.deconv_dim = 64
+  m.roi_heads.mask.rois_per_image = 8  # of the 16 positive slots; up to 8 objects/image
 
   # ---- data: replaces the COCO section ------------------------------------
   d = ml_collections.ConfigDict()
@@ -61,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.gt_mask_size = 32
   d.flip_prob = 0.5
   d.shuffle_buffer = 512
+  d.label_space = "contiguous"
+  d.class_names = ("background", "square", "circle", "triangle")
   config.data = d
 
   # ---- optimisation: from scratch, short schedule --------------------------

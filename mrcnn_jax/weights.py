@@ -59,7 +59,7 @@ def _deconv_kernel(w):  # torch ConvTranspose2d [in, out, kh, kw] -> [kh, kw, in
   return np.transpose(w, (2, 3, 0, 1))
 
 
-def _fc6_kernel(target_shape, pool_size: int):
+def _fc6_kernel(pool_size: int):
   """fc6 sees torchvision's RoI features flattened as (C, h, w); ours are
   (h, w, C). Permute the input axis of the weight accordingly."""
   def fn(w):
@@ -98,23 +98,26 @@ def torchvision_key(path: tuple[str, ...], kind: str = "maskrcnn") -> str | None
   if kind != "maskrcnn":
     return None
   mod = rest[0]
-  if top == "fpn":
+  if top == "neck":
     m = re.fullmatch(r"(inner|layer)_(\d+)", mod)
     return f"backbone.fpn.{m.group(1)}_blocks.{m.group(2)}.0.{_LEAF[leaf]}" if m else None
-  if top == "rpn_head":
+  if top == "rpn":
     m = re.fullmatch(r"conv_(\d+)", mod)
     if m:
       return f"rpn.head.conv.{m.group(1)}.0.{_LEAF[leaf]}"
     return f"rpn.head.{mod}.{_LEAF[leaf]}"
-  if top == "box_head":
-    return f"roi_heads.box_head.{mod}.{_LEAF[leaf]}"
-  if top == "box_predictor":
-    return f"roi_heads.box_predictor.{mod}.{_LEAF[leaf]}"
-  if top == "mask_head":
-    m = re.fullmatch(r"mask_fcn(\d+)", mod)
+  if len(rest) < 3:
+    return None
+  layer = rest[1]
+  if top == "box_head" and mod == "head":
+    return f"roi_heads.box_head.{layer}.{_LEAF[leaf]}"
+  if top == "box_head" and mod == "predictor":
+    return f"roi_heads.box_predictor.{layer}.{_LEAF[leaf]}"
+  if top == "mask_head" and mod == "head":
+    m = re.fullmatch(r"mask_fcn(\d+)", layer)
     if m:
       return f"roi_heads.mask_head.{int(m.group(1)) - 1}.0.{_LEAF[leaf]}"
-    return f"roi_heads.mask_predictor.{mod}.{_LEAF[leaf]}"
+    return f"roi_heads.mask_predictor.{layer}.{_LEAF[leaf]}"
   return None
 
 
@@ -126,7 +129,7 @@ def _transform(path: tuple[str, ...], target_shape,
   if path[-2] == "conv5_mask":
     return _deconv_kernel
   if path[0] == "box_head" and path[-2] == "fc6":
-    return _fc6_kernel(target_shape, pool_size)
+    return _fc6_kernel(pool_size)
   if len(target_shape) == 2:
     return _dense_kernel
   return _conv_kernel
@@ -145,7 +148,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], variables: Mapping[
       ``kind='backbone'`` only the backbone is replaced, the rest is kept.
     kind: ``'maskrcnn'`` or ``'backbone'``.
     source: a name for error messages (the file path).
-    box_pool_size: RoIAlign size of the box branch (fc6 layout).
+    box_pool_size: RoIAlign size of the box branch (fc6 layout),
+      ``model.box_head.pool_size``.
 
   Returns:
     a new variables dict of numpy float32 arrays (same structure).
@@ -204,8 +208,3 @@ def load_torchvision_checkpoint(path: str, variables: Mapping[str, Any],
   return convert_state_dict(load_torch_state_dict(path), variables, kind=kind,
                             source=str(path), box_pool_size=box_pool_size)
 
-
-def load_backbone(path: str, variables: Mapping[str, Any]) -> dict:
-  """ImageNet ResNet weights (torchvision layout) into the backbone of a
-  Mask R-CNN; every other variable keeps its value from ``variables``."""
-  return load_torchvision_checkpoint(path, variables, kind="backbone")

@@ -9,7 +9,7 @@ import pytest
 from mrcnn_jax.ops import anchors as anchor_ops
 from mrcnn_jax.ops import boxes as box_ops
 from mrcnn_jax.ops.masks import paste_masks
-from mrcnn_jax.ops.nms import batched_nms, nms, nms_reference
+from mrcnn_jax.ops.nms import batched_nms, nms
 
 
 def test_format_round_trips():
@@ -109,3 +109,30 @@ def test_paste_masks_numpy_matches(tv_ref):
   from mrcnn_jax.ops.masks import paste_masks_numpy
   out = paste_masks_numpy(tv_ref["paste/masks"], tv_ref["paste/boxes"], (60, 80), threshold=None)
   np.testing.assert_allclose(out, tv_ref["paste/out"], atol=1e-5)
+
+
+def nms_reference(boxes, scores, iou_threshold, classes=None):
+  """Brute-force greedy NMS in numpy, written independently of ops.nms.
+  Returns kept indices in descending score order."""
+  boxes = np.asarray(boxes, np.float64)
+  scores = np.asarray(scores)
+  order = np.argsort(-scores, kind="stable")
+  kept = []
+  for i in order:
+    ok = True
+    for j in kept:
+      if classes is not None and classes[i] != classes[j]:
+        continue
+      lt = np.maximum(boxes[i, :2], boxes[j, :2])
+      rb = np.minimum(boxes[i, 2:], boxes[j, 2:])
+      wh = np.maximum(rb - lt, 0)
+      inter = wh[0] * wh[1]
+      a = lambda b: max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
+      union = a(boxes[i]) + a(boxes[j]) - inter
+      iou = inter / union if union > 0 else 0.0
+      if iou > iou_threshold:
+        ok = False
+        break
+    if ok:
+      kept.append(int(i))
+  return kept

@@ -9,11 +9,13 @@ import pytest
 from mrcnn_jax.model import build_model, init_params
 from mrcnn_jax.model.resnet import ResNet
 
-TINY = dict(num_classes=4, depth=18, backbone_norm="frozen_bn", freeze_at=0, fpn_channels=32,
-            anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
-            rpn_pre_nms_topk_test=200, rpn_post_nms_topk_test=50, box_fc_dim=64,
-            mask_conv_dims=(32, 32), mask_deconv_dim=32, detections_per_image=10,
-            detection_candidates=200)
+TINY = dict(num_classes=4,
+            backbone=dict(depth=18, norm="frozen_bn", freeze_at=0),
+            fpn=dict(channels=32),
+            rpn=dict(anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
+                     pre_nms_topk_test=200, post_nms_topk_test=50),
+            roi_heads=dict(box=dict(fc_dim=64, detections_per_image=10, candidates=200),
+                           mask=dict(conv_dims=(32, 32), deconv_dim=32)))
 
 
 def count(tree, exclude=("mean", "var")):
@@ -64,7 +66,7 @@ def test_inference_static_shapes_one_compile(tiny):
   out = infer(variables, images, sizes)
   out2 = infer(variables, images * 0.5, jnp.asarray([[50, 60], [96, 128]], jnp.int32))
   assert len(traces) == 1
-  d = model.detections_per_image
+  d = model.box_head.detections_per_image
   assert out["boxes"].shape == (2, d, 4) and out["scores"].shape == (2, d)
   assert out["labels"].dtype == jnp.int32 and out["valid"].dtype == jnp.bool_
   assert out["masks"].shape == (2, d, 28, 28)
@@ -79,7 +81,7 @@ def test_inference_static_shapes_one_compile(tiny):
     assert (p[..., 0::2] <= np.asarray(s)[:, None, 1:2] + 1e-4).all()
     v = np.asarray(o["valid"])
     assert ((np.asarray(o["labels"]) >= 1) | ~v).all()
-    assert (np.asarray(o["scores"])[v] > model.score_threshold).all()
+    assert (np.asarray(o["scores"])[v] > model.box_head.score_threshold).all()
 
 
 def test_bad_input_errors(tiny):
@@ -137,10 +139,84 @@ def test_unknown_config_field():
 def test_rpn_head_depth_is_not_capped_by_the_number_of_levels():
   """conv_depth deeper than the 5 FPN levels still builds conv_depth convs,
   shared by every level (it used to be zipped with the levels)."""
-  from mrcnn_jax.model.heads import RPNHead
+  from mrcnn_jax.model.rpn import RPN
   feats = [jnp.zeros((1, s, s, 8)) for s in (16, 8, 4, 2, 1)]
-  head = RPNHead(num_anchors=3, conv_depth=7)
+  head = RPN(conv_depth=7)
   params = head.init(jax.random.PRNGKey(0), feats)["params"]
   assert sorted(k for k in params if k.startswith("conv_")) == [f"conv_{i}" for i in range(7)]
   logits, deltas = head.apply({"params": params}, feats)
   assert [l.shape for l in logits] == [(1, s * s * 3) for s in (16, 8, 4, 2, 1)]
+
+
+def test_nested_config_overrides_from_the_cli_reach_every_part():
+  from mrcnn_jax.cli import apply_overrides
+  from mrcnn_jax.model import default_model_config
+  import ml_collections
+  c = ml_collections.ConfigDict({"model": default_model_config()})
+  apply_overrides(c, ["--config.model.backbone.depth=101", "--config.model.fpn.norm=gn",
+                      "--config.model.roi_heads.mask.rois_per_image=32",
+                      "--config.model.rpn.anchor_sizes=((8,),(16,),(32,),(64,),(128,))"])
+  model = build_model(c.model)
+  assert model.backbone.depth == 101 and model.neck.norm == "gn"
+  assert model.mask_head.rois_per_image == 32 and model.rpn.anchor_sizes[0] == (8,)
+  # defaults come from the parts themselves
+  assert model.box_head.pool_size == 7 and model.mask_head.pool_size == 14
+  assert model.roi_sampler.batch_per_image == 512 and model.rpn.batch_per_image == 256
+
+
+def test_flat_config_of_the_older_layout_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"flat layout.*box_pool_size -> roi_heads\.box\.pool_size"):
+    build_model({"num_classes": 4, "box_pool_size": 7})
+
+
+def test_mask_head_is_optional():
+  model = build_model(dict(TINY, mask_on=False))
+  v = init_params(model, jax.random.PRNGKey(0))
+  assert "mask_head" not in v["params"]
+  out = model.apply(v, jnp.zeros((1, 64, 64, 3)), jnp.asarray([[64, 64]]))
+  assert "masks" not in out and out["boxes"].shape == (1, 10, 4)
+
+
+def test_an_instance_head_plugs_in_without_editing_mask_rcnn():
+  """A head with the instance-head interface (here a toy one that predicts a
+  per-detection scalar and trains it towards the box area) given to
+  MaskRCNN: its outputs appear at inference, its loss in training."""
+  import flax.linen as nn
+  from mrcnn_jax import train
+  from mrcnn_jax.model.roi_heads import Pooler
+
+  class AreaHead(nn.Module):
+    pooler: Pooler = Pooler()
+
+    @nn.compact
+    def __call__(self, features, rois, canvas, batch_index=None, train=False):
+      x = self.pooler(features, rois, canvas, 4, batch_index)
+      return nn.Dense(1, name="fc")(x.reshape(x.shape[:-3] + (-1,)))[..., 0]
+
+    def predict(self, features, canvas, dets):
+      return {"area_pred": self(features, dets["boxes"], canvas)}
+
+    def train_outputs(self, features, canvas, targets, gt):
+      rois = targets["roi_boxes"]
+      return {"area_pred_train": self(features, rois, canvas, train=True),
+              "area_target": (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])}
+
+    @staticmethod
+    def losses(outputs, num_images):
+      err = outputs["area_pred_train"] - outputs["area_target"] / 1e3
+      return {"loss_area": jnp.mean(err ** 2)}
+
+  base = build_model(TINY)
+  model = base.clone(keypoint_head=AreaHead())
+  v = init_params(model, jax.random.PRNGKey(0))
+  assert "fc" in v["params"]["keypoint_head"]
+  out = jax.jit(model.apply)(v, jnp.zeros((1, 64, 64, 3)), jnp.asarray([[64, 64]]))
+  assert out["area_pred"].shape == (1, 10) and "masks" in out
+  from helpers import synthetic_batch
+  b = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
+  losses, _ = jax.jit(lambda v, b: model.apply(
+      v, b["image"], b["image_size"], train.batch_ground_truth(b), jax.random.PRNGKey(0),
+      method=model.train_losses))(v, b)
+  assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask",
+                         "loss_area"}
+  assert np.isfinite(float(losses["loss_area"]))

@@ -62,7 +62,7 @@ def test_fc6_permutation_semantics(tiny_vars):
   sd, _ = fake_state_dict(tiny_vars, np.random.default_rng(1))
   out = convert_state_dict(sd, tiny_vars)
   feat = np.random.default_rng(2).standard_normal((7, 7, 32)).astype(np.float32)
-  ours = feat.reshape(-1) @ out["params"]["box_head"]["fc6"]["kernel"]
+  ours = feat.reshape(-1) @ out["params"]["box_head"]["head"]["fc6"]["kernel"]
   theirs = sd["roi_heads.box_head.fc6.weight"] @ feat.transpose(2, 0, 1).reshape(-1)
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
@@ -77,8 +77,8 @@ def test_old_key_names(tiny_vars):
     old[k] = v
   assert "rpn.head.conv.weight" in old and "roi_heads.mask_head.mask_fcn2.weight" in old
   out = convert_state_dict(old, tiny_vars)
-  np.testing.assert_array_equal(out["params"]["rpn_head"]["conv_0"]["kernel"],
-                                expected[("rpn_head", "conv_0", "kernel")])
+  np.testing.assert_array_equal(out["params"]["rpn"]["conv_0"]["kernel"],
+                                expected[("rpn", "conv_0", "kernel")])
 
 
 def test_all_problems_in_one_error(tiny_vars):
@@ -106,5 +106,5 @@ def test_backbone_only(tiny_vars):
   for p, v in expected.items():
     np.testing.assert_array_equal(flat[p], v)
   # the rest keeps its initial value
-  np.testing.assert_array_equal(out["params"]["fpn"]["inner_0"]["kernel"],
-                                tiny_vars["params"]["fpn"]["inner_0"]["kernel"])
+  np.testing.assert_array_equal(out["params"]["neck"]["inner_0"]["kernel"],
+                                tiny_vars["params"]["neck"]["inner_0"]["kernel"])

@@ -1,45 +1,133 @@
-"""Building a ``MaskRCNN`` from an ``ml_collections`` model config."""
+"""Building a ``MaskRCNN`` from ``config.model`` (see ``model.config``): each
+section makes its part, and the parts are given to ``MaskRCNN``."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
+from mrcnn_jax.model import config as model_config
+from mrcnn_jax.model.fpn import FPN
+from mrcnn_jax.model.heads import BoxHead, BoxPredictor, MaskHead
 from mrcnn_jax.model.mask_rcnn import MaskRCNN
+from mrcnn_jax.model.resnet import ResNet
+from mrcnn_jax.model.roi_heads import BoxRoIHead, MaskRoIHead, Pooler, RoISampler
+from mrcnn_jax.model.rpn import RPN
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def _freeze(v):
   """Lists (ConfigDict turns tuples into lists after overrides) -> tuples, so
-  the module's attributes are hashable."""
+  the modules' attributes are hashable."""
   if isinstance(v, (list, tuple)):
     return tuple(_freeze(x) for x in v)
   return v
 
 
-def build_model(model_config: Mapping[str, Any], **overrides) -> MaskRCNN:
-  """``MaskRCNN`` from ``config.model``; unknown fields are an error."""
-  cfg = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
-  cfg.update(overrides)
-  fields = {f.name for f in dataclasses.fields(MaskRCNN)} - {"parent", "name"}
-  unknown = sorted(set(cfg) - fields)
+def _plain(cfg) -> dict:
+  return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def _check_fields(where: str, given: Mapping, allowed) -> None:
+  unknown = sorted(set(given) - set(allowed))
   if unknown:
-    raise ValueError(f"config.model has unknown fields {unknown}; MaskRCNN accepts {sorted(fields)}")
-  if isinstance(cfg.get("dtype"), str):
-    if cfg["dtype"] not in _DTYPES:
-      raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, got {cfg['dtype']!r}")
-    cfg["dtype"] = _DTYPES[cfg["dtype"]]
-  return MaskRCNN(**{k: _freeze(v) for k, v in cfg.items()})
+    raise ValueError(f"{where} has unknown fields {unknown}; it accepts {sorted(allowed)}")
+
+
+def _take(section: Mapping, cls, only=None) -> dict:
+  """The entries of ``section`` that are fields of ``cls``, frozen."""
+  names = model_config.part_defaults(cls, only)
+  return {k: _freeze(v) for k, v in section.items() if k in names}
+
+
+def _merged(defaults: Mapping, given: Mapping, where: str) -> dict:
+  """``given`` over ``defaults``, recursively; unknown keys are an error."""
+  out = dict(defaults)
+  _check_fields(where, given, defaults)
+  for k, v in given.items():
+    if isinstance(defaults[k], Mapping) and isinstance(v, Mapping):
+      out[k] = _merged(defaults[k], v, f"{where}.{k}")
+    else:
+      out[k] = v
+  return out
+
+
+def resolve_model_config(model_cfg: Mapping[str, Any]) -> dict:
+  """``config.model`` as a plain nested dict with every default filled in;
+  clear errors for unknown fields and for the flat pre-part layout."""
+  given = _plain(model_cfg)
+  legacy = sorted(k for k in given if k in model_config.LEGACY_FIELDS)
+  if legacy:
+    moves = ", ".join(f"{k} -> {model_config.LEGACY_FIELDS[k]}" for k in legacy[:8])
+    raise ValueError(
+        f"config.model uses the flat layout of older mrcnn_jax versions (fields {legacy}); "
+        f"fields now live per part: {moves}{' ...' if len(legacy) > 8 else ''} "
+        "(see mrcnn_jax/model/config.py)")
+  return _merged(_plain(model_config.default_model_config()), given, "config.model")
+
+
+def build_model(model_cfg: Mapping[str, Any], *, axis_name: Optional[str] = None,
+                **overrides) -> MaskRCNN:
+  """``MaskRCNN`` from ``config.model`` (nested by part, see
+  ``model.config``). ``overrides`` are dotted paths under ``config.model``
+  with ``__`` for the dots, e.g. ``roi_heads__box__score_threshold=0.3``.
+  ``axis_name``: the pmap axis trainable BatchNorm synchronises over."""
+  cfg = resolve_model_config(model_cfg)
+  for key, value in overrides.items():
+    *parents, leaf = key.split("__")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    _check_fields("build_model override " + key.replace("__", "."), {leaf: value}, node)
+    node[leaf] = value
+  if cfg["dtype"] not in _DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, got {cfg['dtype']!r}")
+  dtype = _DTYPES[cfg["dtype"]]
+  num_classes = int(cfg["num_classes"])
+  if num_classes < 2:
+    raise ValueError(f"config.model.num_classes must be >= 2 (background + classes), got "
+                     f"{num_classes}; a dataset's count comes from data.datasets.dataset_info")
+  common = dict(dtype=dtype, axis_name=axis_name)
+
+  bb = cfg["backbone"]
+  if bb["name"] not in model_config.BACKBONES:
+    raise ValueError(f"config.model.backbone.name must be one of {model_config.BACKBONES}, "
+                     f"got {bb['name']!r}")
+  backbone = ResNet(**_take(bb, ResNet), **common)
+  neck = FPN(**_take(cfg["fpn"], FPN), **common)
+  rpn = RPN(**_take(cfg["rpn"], RPN), dtype=dtype)
+
+  rh = cfg["roi_heads"]
+  pooler = Pooler(**_take(rh, Pooler, model_config.POOLER_FIELDS))
+  sampler = RoISampler(**_take(rh, RoISampler))
+  box = rh["box"]
+  box_head = BoxRoIHead(head=BoxHead(**_take(box, BoxHead), **common),
+                        predictor=BoxPredictor(num_classes=num_classes, dtype=dtype),
+                        pooler=pooler, **_take(box, BoxRoIHead))
+  mask_head = None
+  if cfg["mask_on"]:
+    mask = rh["mask"]
+    mask_head = MaskRoIHead(head=MaskHead(num_classes=num_classes, **_take(mask, MaskHead),
+                                          **common),
+                            pooler=pooler, **_take(mask, MaskRoIHead))
+  return MaskRCNN(backbone=backbone, neck=neck, rpn=rpn, roi_sampler=sampler,
+                  box_head=box_head, mask_head=mask_head)
 
 
 def init_params(model: MaskRCNN, rng, canvas_size=(64, 64), batch_size: int = 1):
   """Initial variables of ``model`` (``{'params': ...}`` plus ``batch_stats``
   for trainable BatchNorm). Parameter shapes do not depend on the canvas, so a
-  small one is used; ``jax.eval_shape`` keeps this cheap for big models."""
+  small one is used."""
   images = jnp.zeros((batch_size,) + tuple(canvas_size) + (3,), jnp.float32)
   sizes = jnp.tile(jnp.asarray(canvas_size, jnp.int32)[None], (batch_size, 1))
   return jax.jit(model.init)(rng, images, sizes)
+
+
+def variables_template(model: MaskRCNN, canvas_size=(64, 64)):
+  """Shapes and dtypes of ``init_params(model, ...)`` as
+  ``jax.ShapeDtypeStruct`` leaves, from ``jax.eval_shape``: nothing is
+  computed, e.g. for restoring a checkpoint."""
+  return jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), canvas_size))

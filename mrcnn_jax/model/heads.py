@@ -1,7 +1,9 @@
-"""RPN head and RoI heads (box, mask): the learnable parts only.
+"""The RoI heads' learnable layers (box MLP, box predictor, FCN mask head);
+``roi_heads`` wraps them with pooling, targets and losses. Their field
+defaults are torchvision's and are read into ``config.model.roi_heads``.
 
-Shape shorthand: B images, R RoIs per image, A anchors per location,
-K classes including background, M mask size (2x the RoI size).
+Shape shorthand: B images, R RoIs per image, K classes including
+background, M mask size (2x the RoI size).
 
 torchvision flattens RoI features in (C, H, W) order before the first fc;
 ours are (H, W, C). ``weights.py`` permutes fc6 accordingly when converting.
@@ -39,36 +41,6 @@ def _conv_stack(x, dims: Sequence[int], norm_kind, dtype, prefix: str, train: bo
              kernel_init=_kaiming_fan_out, name=f"{prefix}{i + 1}")(x)
     x = nn.relu(norm(name=f"{prefix}{i + 1}_norm")(x))
   return x
-
-
-class RPNHead(nn.Module):
-  """Shared 3x3 conv + ReLU, then objectness (A) and box deltas (4A).
-
-  Returns per level: logits [B, H_l * W_l * A] and deltas [B, H_l * W_l * A, 4]
-  flattened in (y, x, a) order to match ``ops.anchors``.
-  """
-  num_anchors: int
-  conv_depth: int = 1
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, features: Sequence):
-    # Every level has the same channels, so one stack serves them all.
-    convs = [Conv(features[0].shape[-1], 3, dtype=self.dtype, kernel_init=_normal001,
-                  name=f"conv_{i}") for i in range(self.conv_depth)]
-    cls = Conv(self.num_anchors, 1, dtype=self.dtype, kernel_init=_normal001,
-               name="cls_logits")
-    box = Conv(4 * self.num_anchors, 1, dtype=self.dtype, kernel_init=_normal001,
-               name="bbox_pred")
-    logits, deltas = [], []
-    for f in features:
-      x = f
-      for c in convs:
-        x = nn.relu(c(x))
-      b = x.shape[0]
-      logits.append(cls(x).reshape(b, -1))
-      deltas.append(box(x).reshape(b, -1, 4))
-    return logits, deltas
 
 
 class BoxHead(nn.Module):

@@ -10,8 +10,8 @@ width_per_group=8). Parameter names mirror torchvision (``conv1``, ``bn1``,
 
 ``freeze_at`` follows Detectron2: 0 trains everything, 1 freezes the stem,
 k >= 2 freezes the stem and stages layer1..layer{k-1}. Frozen parts are cut
-from the gradient with ``stop_gradient``; ``train.trainable_mask`` also keeps
-the optimizer off them.
+from the gradient with ``stop_gradient``; ``is_frozen`` tells the optimizer
+to keep off them too.
 """
 
 from __future__ import annotations
@@ -124,6 +124,15 @@ class ResNet(nn.Module):
         x = jax.lax.stop_gradient(x)
       outputs.append(x)
     return outputs
+
+  def is_frozen(self, module_name: str) -> bool:
+    """Whether ``freeze_at`` freezes the top-level submodule ``module_name``
+    (``conv1``, ``bn1``, ``layer2_0``, ...); the optimizer leaves those
+    parameters alone (``train.make_optimizer``)."""
+    if module_name in ("conv1", "bn1"):
+      return self.freeze_at >= 1
+    stage = module_name[5:].split("_")[0] if module_name.startswith("layer") else ""
+    return stage.isdigit() and int(stage) < self.freeze_at
 
   @staticmethod
   def out_channels(depth: int) -> Sequence[int]:

@@ -99,30 +99,3 @@ def batched_nms(boxes, scores, classes, iou_threshold: float, max_output: int,
   return nms(boxes, scores, iou_threshold, max_output, valid=valid,
              classes=classes)
 
-
-def nms_reference(boxes, scores, iou_threshold, classes=None):
-  """Brute-force greedy NMS in numpy, for tests. Returns kept indices in
-  descending score order."""
-  import numpy as np
-  boxes = np.asarray(boxes, np.float64)
-  scores = np.asarray(scores)
-  order = np.argsort(-scores, kind="stable")
-  kept = []
-  for i in order:
-    ok = True
-    for j in kept:
-      if classes is not None and classes[i] != classes[j]:
-        continue
-      lt = np.maximum(boxes[i, :2], boxes[j, :2])
-      rb = np.minimum(boxes[i, 2:], boxes[j, 2:])
-      wh = np.maximum(rb - lt, 0)
-      inter = wh[0] * wh[1]
-      a = lambda b: max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
-      union = a(boxes[i]) + a(boxes[j]) - inter
-      iou = inter / union if union > 0 else 0.0
-      if iou > iou_threshold:
-        ok = False
-        break
-    if ok:
-      kept.append(int(i))
-  return kept

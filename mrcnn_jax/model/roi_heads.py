@@ -1,0 +1,202 @@
+"""RoI heads as parts: each owns its pooling, its learnable layers (given to
+it), its inference step, its training outputs and its losses, so
+``MaskRCNN`` only wires them.
+
+Shape shorthand: B images, R sampled RoIs per image, P proposals per image,
+D detections per image, K classes with background, M mask size, N packed
+mask RoIs of the batch.
+
+Field defaults are torchvision's ``maskrcnn_resnet50_fpn`` settings, written
+only here; ``model.config`` reads them into ``config.model.roi_heads``.
+
+Instance heads (the mask head now, a keypoint head later) share one
+interface, which is all ``MaskRCNN`` calls:
+
+* ``predict(features, canvas, detections) -> dict`` of per-detection outputs
+  added to the detections (``masks`` here);
+* ``train_outputs(features, canvas, targets, gt) -> dict`` of head outputs
+  and their targets (``targets`` from ``MaskRCNN.sample_targets``, ``gt``
+  the batch's ground truth by name: ``boxes``, ``labels``, ``valid``,
+  ``masks``, ...);
+* ``losses(outputs, num_images) -> dict`` of named losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mrcnn_jax.ops import losses as loss_ops
+from mrcnn_jax.ops import postprocess
+from mrcnn_jax.ops import targets as target_ops
+from mrcnn_jax.ops.roi_align import multilevel_roi_align
+
+
+@dataclasses.dataclass(frozen=True)
+class Pooler:
+  """Multi-level RoIAlign (torchvision's ``MultiScaleRoIAlign``) over
+  ``num_levels`` feature maps from pyramid level ``first_level`` on (P2..P5
+  of an FPN; P6 is for the RPN only)."""
+  sampling_ratio: int = 2
+  aligned: bool = False
+  canonical_scale: float = 224.0
+  canonical_level: int = 4
+  first_level: int = 2
+  num_levels: int = 4
+
+  def __call__(self, features, boxes, canvas_size, size: int, batch_index=None):
+    return multilevel_roi_align(
+        features[:self.num_levels], boxes, size, canvas_size=canvas_size,
+        batch_index=batch_index, first_level=self.first_level,
+        sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+        canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoISampler:
+  """Which proposals the RoI heads train on: the ground truth is added to
+  the proposals, they are matched at ``fg_iou`` and ``batch_per_image`` are
+  sampled with at most ``positive_fraction`` positives (positives first)."""
+  batch_per_image: int = 512
+  positive_fraction: float = 0.25
+  fg_iou: float = 0.5
+  bg_iou: float = 0.5
+
+  @property
+  def positive_slots(self) -> int:
+    """The slots of each image's sample that can hold a positive."""
+    return max(1, int(self.batch_per_image * self.positive_fraction))
+
+  def __call__(self, proposals, gt, keys, bbox_reg_weights):
+    """Per image: proposals ``boxes`` [B, P, 4] / ``valid``; ``gt`` the
+    batch's ground truth; ``keys`` [B] -> sampled RoIs [B, R, ...]."""
+    t = jax.vmap(lambda p, pv, g, l, v, k: target_ops.roi_targets(
+        p, pv, g, l, v, k, num_samples=self.batch_per_image,
+        positive_fraction=self.positive_fraction, fg_threshold=self.fg_iou,
+        bg_threshold=self.bg_iou, bbox_reg_weights=tuple(bbox_reg_weights)))(
+            proposals["boxes"], proposals["valid"], gt["boxes"], gt["labels"], gt["valid"],
+            keys)
+    rm = self.positive_slots
+    return {
+        "roi_boxes": t["boxes"],
+        "roi_labels": t["labels"],
+        "roi_target_deltas": t["deltas"],
+        "roi_is_pos": t["is_pos"],
+        "roi_valid": t["valid"],
+        "roi_matched_idx": t["matched_idx"],
+        # Positives come first in each image's sample, so they all sit in its
+        # first ``positive_slots`` slots: the instance heads' candidates.
+        "positive_candidates": t["is_pos"][:, :rm] & t["valid"][:, :rm],
+    }
+
+
+class BoxRoIHead(nn.Module):
+  """Box branch: pooled RoI features -> ``head`` (e.g. ``heads.BoxHead``, two
+  fcs) -> ``predictor`` (class logits [.., K], class-specific deltas
+  [.., K, 4]); turns them into detections at inference."""
+  head: nn.Module
+  predictor: nn.Module
+  pooler: Pooler = Pooler()
+  pool_size: int = 7
+  bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)
+  # detections
+  score_threshold: float = 0.05
+  nms_threshold: float = 0.5
+  detections_per_image: int = 100
+  min_size: float = 1e-2
+  candidates: int = 4000
+
+  def __call__(self, features, rois, canvas_size, train: bool = False):
+    """RoIs [B, R, 4] -> class logits [B, R, K], deltas [B, R, K, 4]."""
+    x = self.pooler(features, rois, canvas_size, self.pool_size)
+    return self.predictor(self.head(x, train=train))
+
+  def detect(self, class_logits, deltas, proposals, image_sizes):
+    """-> detections [B, D, ...] (``ops.postprocess.detect_boxes``)."""
+    return postprocess.detect_boxes(
+        class_logits, deltas, proposals["boxes"], proposals["valid"], image_sizes,
+        bbox_reg_weights=tuple(self.bbox_reg_weights), score_threshold=self.score_threshold,
+        nms_threshold=self.nms_threshold, detections_per_image=self.detections_per_image,
+        min_size=self.min_size, candidates_per_image=self.candidates)
+
+  @staticmethod
+  def losses(outputs) -> dict:
+    cls, box = loss_ops.box_losses(outputs["class_logits"], outputs["box_deltas"],
+                                   outputs["roi_labels"], outputs["roi_target_deltas"],
+                                   outputs["roi_is_pos"], outputs["roi_valid"])
+    return {"loss_cls": cls, "loss_box": box}
+
+
+class MaskRoIHead(nn.Module):
+  """Mask branch: pooled RoI features -> ``head`` (e.g. ``heads.MaskHead``,
+  the FCN) -> per-class mask logits [.., M, M, K] (K = 1 class-agnostic),
+  a per-pixel sigmoid of the detected / ground-truth class.
+
+  In training the head runs on the batch's positive RoIs packed together
+  (``ops.targets.pack_positive_rois``) into ``rois_per_image`` slots per
+  image, shared by the batch. None: every positive slot (so no positive is
+  ever left out); fewer slots cost less, and positives beyond them are left
+  out at random (counted in ``num_mask_rois_left_out``).
+  """
+  head: nn.Module
+  pooler: Pooler = Pooler()
+  pool_size: int = 14
+  rois_per_image: Optional[int] = None
+
+  def __call__(self, features, rois, canvas_size, batch_index=None, train: bool = False):
+    """RoIs [B, R, 4] -> mask logits [B, R, M, M, K]; or packed RoIs [N, 4]
+    of images ``batch_index`` [N] -> [N, M, M, K]."""
+    return self.head(self.pooler(features, rois, canvas_size, self.pool_size, batch_index),
+                     train=train)
+
+  def num_slots(self, batch_size: int, positive_slots: int) -> int:
+    """Mask RoIs per step on one device: each image's positive slots, or
+    ``rois_per_image`` of them, times the batch."""
+    per_image = positive_slots
+    if self.rois_per_image is not None:
+      per_image = min(per_image, int(self.rois_per_image))
+    return batch_size * max(1, per_image)
+
+  def predict(self, features, canvas_size, detections) -> dict:
+    logits = self(features, detections["boxes"], canvas_size)  # [B, D, M, M, K']
+    if logits.shape[-1] == 1:
+      chosen = logits[..., 0]
+    else:
+      chosen = jnp.take_along_axis(
+          logits, detections["labels"][:, :, None, None, None], axis=-1)[..., 0]
+    return {"masks": jax.nn.sigmoid(chosen.astype(jnp.float32))}
+
+  def train_outputs(self, features, canvas_size, targets, gt) -> dict:
+    """The head on the batch's positive RoIs (``targets["positive_candidates"]``)
+    packed into slots: per slot the RoI, its image, label, target, logits
+    and a ``valid`` flag; plus the number of positives left out."""
+    b, g = gt["boxes"].shape[:2]
+    cand = targets["positive_candidates"]
+    img, slot, valid = target_ops.pack_positive_rois(cand, self.num_slots(b, cand.shape[1]))
+    rois = targets["roi_boxes"][img, slot]
+    logits = self(features, rois, canvas_size, img, train=True)  # [N, M, M, K]
+    # Ground truth of image i, object j is row i * G + j of the flattened batch.
+    masks = gt["masks"]
+    mask_t = target_ops.mask_targets(
+        rois, img * g + targets["roi_matched_idx"][img, slot], gt["boxes"].reshape(b * g, 4),
+        masks.reshape((b * g,) + masks.shape[2:]), logits.shape[1])
+    return {
+        "mask_rois": rois,
+        "mask_batch_index": img,
+        "mask_labels": targets["roi_labels"][img, slot],
+        "mask_targets": mask_t,
+        "mask_valid": valid,
+        "mask_logits": logits,
+        "num_mask_rois_left_out": cand.sum() - valid.sum(),
+    }
+
+  @staticmethod
+  def losses(outputs, num_images: int) -> dict:
+    return {"loss_mask": loss_ops.mask_loss(
+        outputs["mask_logits"], outputs["mask_labels"], outputs["mask_targets"],
+        outputs["mask_valid"], outputs["mask_batch_index"], num_images)}
+
