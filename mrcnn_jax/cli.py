@@ -87,13 +87,14 @@ def _setup_logging():
 
 
 def cmd_train(args, overrides):
-  from mrcnn_jax import evaluate, train
+  from mrcnn_jax import evaluate, experiment, train
   config = apply_overrides(load_config(args.config), overrides)
   workdir = args.workdir or os.path.join("workdir", os.path.splitext(
       os.path.basename(args.config or DEFAULT_CONFIG))[0])
-  state = train.train(config, workdir)
+  info = experiment.dataset_info(config)
+  state = train.train(config, workdir, info=info)
   if not args.no_eval:
-    metrics = evaluate.evaluate_workdir(config, workdir, state=state)
+    metrics = evaluate.evaluate_workdir(config, workdir, state=state, info=info)
     print({k: round(v, 2) for k, v in metrics.items()})
   print(f"workdir: {os.path.abspath(workdir)}")
 
@@ -110,31 +111,35 @@ def cmd_evaluate(args, overrides):
 
 
 def cmd_predict(args, overrides):
-  from mrcnn_jax import evaluate
-  from mrcnn_jax.model import build_model
-  config = evaluate.resolve_num_classes(apply_overrides(load_config(args.config), overrides))
+  from mrcnn_jax import evaluate, experiment, predict
+  config = apply_overrides(load_config(args.config), overrides)
   if not args.workdir and not args.checkpoint:
     raise SystemExit("mrcnn-jax predict: give --workdir (a training run) or --checkpoint")
-  evaluate.find_images(args.images)  # fail on bad inputs before loading the model
-  model = build_model(config.model, score_threshold=args.min_score)
-  variables, _ = evaluate.load_inference_variables(config, model, workdir=args.workdir,
+  predict.find_images(args.images)  # fail on bad inputs before loading the model
+  info = experiment.dataset_info(config)
+  model = experiment.build_model(config, info,
+                                 roi_heads__box__score_threshold=args.min_score)
+  variables, _ = evaluate.load_inference_variables(model, workdir=args.workdir,
                                                    checkpoint=args.checkpoint)
-  summary = evaluate.predict_files(config, model, variables, args.images, args.output,
-                                   score_threshold=args.draw_threshold)
+  summary = predict.predict_files(config, model, variables, args.images, args.output,
+                                  info=info, score_threshold=args.draw_threshold)
   print(f"{summary['images']} image(s), {summary['detections']} detections, "
         f"{len(summary['skipped'])} skipped -> {os.path.abspath(args.output)}")
 
 
 def cmd_convert(args, overrides):
   import jax
-  from mrcnn_jax import checkpoints
-  from mrcnn_jax.model import build_model, init_params
+  from mrcnn_jax import checkpoints, experiment
+  from mrcnn_jax.model import init_params, variables_template
   from mrcnn_jax.weights import load_torchvision_checkpoint
   config = apply_overrides(load_config(args.config or "mask_rcnn_r50_fpn.py"), overrides)
-  model = build_model(config.model)
-  template = jax.device_get(init_params(model, jax.random.PRNGKey(0)))
+  model = experiment.build_model(config)
+  # A whole Mask R-CNN replaces every variable (a template is enough); a
+  # backbone keeps the other parts' initial values.
+  template = (variables_template(model) if args.kind == "maskrcnn"
+              else jax.device_get(init_params(model, jax.random.PRNGKey(config.seed))))
   variables = load_torchvision_checkpoint(args.checkpoint, template, kind=args.kind,
-                                          box_pool_size=config.model.box_pool_size)
+                                          box_pool_size=model.box_head.pool_size)
   checkpoints.save_variables(args.output, variables, config)
   n = sum(x.size for x in jax.tree_util.tree_leaves(variables))
   print(f"converted {args.checkpoint} ({args.kind}, {n:,} values) -> {os.path.abspath(args.output)}")

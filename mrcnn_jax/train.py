@@ -1,7 +1,8 @@
-"""One readable trainer: state, update step, checkpoints, loop.
+"""One readable trainer: state, update step, loop.
 
-Sections follow big_vision's layout: config -> devices -> input -> model and
-state -> update step -> checkpoints -> loop -> evaluation. Everything is an
+Sections follow big_vision's layout: model and state -> update step ->
+logging -> loop (checkpoints: ``mrcnn_jax.checkpoints``; evaluation:
+``mrcnn_jax.evaluate``). Everything is an
 importable function, so a notebook can build a state, pull a batch and call
 ``train_step`` directly.
 
@@ -17,6 +18,7 @@ the input pipeline (``mrcnn_jax.data``) does, and it is imported lazily.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
@@ -32,16 +34,15 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mrcnn_jax.model import build_model, init_params
-from mrcnn_jax.ops import losses as loss_ops
+from mrcnn_jax import checkpoints
+from mrcnn_jax.model import init_params
 
 log = logging.getLogger("mrcnn_jax")
 
-# Batch fields the train step reads (the rest, e.g. counters and ids, stay on
-# the host).
-TRAIN_KEYS = ("image", "image_size", "gt_boxes", "gt_labels", "gt_valid", "gt_masks")
+# Batch fields the train step reads besides the ground truth (``gt_*``); the
+# rest, e.g. counters and ids, stay on the host.
+MODEL_INPUTS = ("image", "image_size")
 
-LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
 
 
 # ============================================================================
@@ -71,15 +72,13 @@ def trainable_mask(params) -> Any:
       {p: p[:-1] not in frozen_bn_modules for p in flat})
 
 
-def _frozen_stage_mask(params, freeze_at: int) -> Any:
+def frozen_stage_mask(params, model) -> Any:
+  """False for the backbone modules its ``freeze_at`` freezes
+  (``ResNet.is_frozen``), True elsewhere."""
   flat = traverse_util.flatten_dict(params)
-  frozen = set()
-  if freeze_at >= 1:
-    frozen |= {"conv1", "bn1"}
-  for s in range(1, freeze_at):
-    frozen |= {k for k in params.get("backbone", {}) if k.startswith(f"layer{s}_")}
+  is_frozen = getattr(model.backbone, "is_frozen", lambda name: False)
   return traverse_util.unflatten_dict(
-      {p: not (p[0] == "backbone" and p[1] in frozen) for p in flat})
+      {p: not (p[0] == "backbone" and is_frozen(p[1])) for p in flat})
 
 
 def weight_decay_mask(params) -> Any:
@@ -103,10 +102,14 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   return schedule
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, params, model) -> optax.GradientTransformation:
+  """SGD with momentum, weight decay on kernels, optional clipping; frozen
+  parameters (frozen BatchNorm, stages frozen by the backbone's
+  ``freeze_at``) are left unchanged. ``params`` may be a template: only its
+  structure is read."""
   o = config.optimizer
   train_mask = jax.tree.map(lambda a, b: a and b, trainable_mask(params),
-                            _frozen_stage_mask(params, config.model.freeze_at))
+                            frozen_stage_mask(params, model))
   chain = []
   if o.get("grad_clip_norm"):
     chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
@@ -119,25 +122,31 @@ def make_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientT
                                labels)
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng, model=None) -> tuple[Any, TrainState]:
-  """Model and initial (unreplicated) state; loads ``config.init_checkpoint``
-  (a torchvision .pth) when set."""
-  model = model or build_model(config.model)
-  # Parameter shapes do not depend on the canvas; any of the config's will do.
-  canvas = config.data.get("canvas") or config.data.canvases[0]
-  variables = init_params(model, rng, canvas_size=tuple(canvas))
+def _state_from_variables(variables, tx) -> TrainState:
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng, model, tx) -> TrainState:
+  """The initial (unreplicated) state: ``model``'s initial variables, with
+  ``config.init_checkpoint`` (a torchvision .pth) loaded when set."""
+  variables = init_params(model, rng)
   if config.get("init_checkpoint"):
     from mrcnn_jax.weights import load_torchvision_checkpoint
     variables = load_torchvision_checkpoint(config.init_checkpoint, dict(variables),
                                             kind=config.get("init_checkpoint_kind", "backbone"),
-                                            box_pool_size=config.model.box_pool_size)
+                                            box_pool_size=model.box_head.pool_size)
     variables = jax.tree.map(jnp.asarray, variables)
-  params = variables["params"]
-  tx = make_optimizer(config, params)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=variables.get("batch_stats", {}),
-                     opt_state=tx.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
-  return model, state
+  return _state_from_variables(variables, tx)
+
+
+def train_state_template(model, tx) -> TrainState:
+  """Shapes and dtypes of a ``TrainState`` (``jax.eval_shape``: no compute,
+  no checkpoint read), the template for restoring one."""
+  return jax.eval_shape(
+      lambda: _state_from_variables(init_params(model, jax.random.PRNGKey(0)), tx))
 
 
 # ============================================================================
@@ -149,21 +158,19 @@ def _global_norm(tree):
                       for x in jax.tree_util.tree_leaves(tree)))
 
 
-def compute_losses(outputs: Mapping[str, jnp.ndarray], weights: Mapping[str, float]):
-  """Named losses from ``MaskRCNN.train_outputs``; returns (total, dict)."""
-  rpn_cls, rpn_box = loss_ops.rpn_losses(outputs["rpn_objectness"], outputs["rpn_deltas"],
-                                         outputs["rpn_target_labels"],
-                                         outputs["rpn_target_deltas"])
-  cls, box = loss_ops.box_losses(outputs["class_logits"], outputs["box_deltas"],
-                                 outputs["roi_labels"], outputs["roi_target_deltas"],
-                                 outputs["roi_is_pos"], outputs["roi_valid"])
-  mask = loss_ops.mask_loss(outputs["mask_logits"], outputs["mask_labels"],
-                            outputs["mask_targets"], outputs["mask_valid"],
-                            outputs["mask_batch_index"], outputs["roi_labels"].shape[0])
-  losses = {"loss_rpn_cls": rpn_cls, "loss_rpn_box": rpn_box, "loss_cls": cls,
-            "loss_box": box, "loss_mask": mask}
-  total = sum(weights[k] * v for k, v in losses.items())
-  return total, losses
+def weighted_total(losses: Mapping[str, jnp.ndarray], weights: Mapping[str, float]):
+  """Sum of the named losses (``MaskRCNN.losses``) times their weights in
+  ``config.loss_weights``; every loss needs a weight."""
+  missing = sorted(set(losses) - set(weights))
+  if missing:
+    raise KeyError(f"config.loss_weights has no weight for {missing}; it has {sorted(weights)}")
+  return sum(weights[k] * v for k, v in losses.items())
+
+
+def batch_ground_truth(batch: Mapping[str, jnp.ndarray]) -> dict:
+  """The ``gt_*`` fields of a batch by name (``boxes``, ``labels``, ``valid``,
+  ``masks``, ...), as ``MaskRCNN.train_outputs`` takes them."""
+  return {k[3:]: v for k, v in batch.items() if k.startswith("gt_")}
 
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, model,
@@ -186,15 +193,15 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
     variables = {"params": params}
     if has_bs:
       variables["batch_stats"] = state.batch_stats
-    out = model.apply(variables, batch["image"], batch["image_size"], batch["gt_boxes"],
-                      batch["gt_labels"], batch["gt_valid"], batch["gt_masks"], rng,
-                      image_index, method=model.train_outputs,
+    out = model.apply(variables, batch["image"], batch["image_size"], batch_ground_truth(batch),
+                      rng, image_index, method=model.train_losses,
                       mutable=["batch_stats"] if has_bs else False)
-    outputs, updates = out if has_bs else (out, {})
-    total, losses = compute_losses(outputs, loss_weights)
+    (losses, outputs), updates = out if has_bs else (out, {})
+    total = weighted_total(losses, loss_weights)
     counts = {"num_proposals": outputs["num_proposals"].mean(),
-              "num_pos_rois": outputs["roi_is_pos"].sum(axis=1).mean(),
-              "num_mask_rois_left_out": outputs["num_mask_rois_left_out"]}
+              "num_pos_rois": outputs["roi_is_pos"].sum(axis=1).mean()}
+    if "num_mask_rois_left_out" in outputs:
+      counts["num_mask_rois_left_out"] = outputs["num_mask_rois_left_out"]
     return total, (losses, updates.get("batch_stats", state.batch_stats), counts)
 
   (total, (losses, new_bs, counts)), grads = jax.value_and_grad(
@@ -239,42 +246,6 @@ def make_p_train_step(model, tx, loss_weights):
   return jax.pmap(functools.partial(train_step, model=model, tx=tx,
                                     loss_weights=dict(loss_weights), axis_name="batch"),
                   axis_name="batch", donate_argnums=(0,))
-
-
-# ============================================================================
-# Checkpoints
-# ============================================================================
-
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict):
-  import orbax.checkpoint as ocp
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                         enable_async_checkpointing=True, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options)
-
-
-def save_checkpoint(mngr, state: TrainState, meta: dict, force: bool = False) -> bool:
-  """Saves an unreplicated state, never one with non-finite parameters."""
-  import orbax.checkpoint as ocp
-  finite = all(bool(np.isfinite(np.asarray(x)).all())
-               for x in jax.tree_util.tree_leaves(state.params))
-  if not finite:
-    log.error("not saving step %d: parameters are not finite", int(state.step))
-    return False
-  step = int(state.step)
-  return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta)), force=force)
-
-
-def restore_checkpoint(mngr, template: TrainState, step: int | None = None):
-  """(state, meta) of ``step`` (default: latest), or (None, None)."""
-  import orbax.checkpoint as ocp
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    return None, None
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
-  return restored["state"], restored["meta"]
 
 
 # ============================================================================
@@ -355,16 +326,22 @@ def train_batches(config, skip_examples: int) -> Iterator[dict]:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          batches: Iterator[dict] | None = None) -> TrainState:
+          batches: Iterator[dict] | None = None, info=None) -> TrainState:
   """Trains until ``config.total_steps``, resuming from ``workdir``'s latest
-  checkpoint. Returns the final (unreplicated) state."""
+  checkpoint. ``info``: the dataset's facts (``experiment.dataset_info``),
+  read here when not given. Returns the final (unreplicated) state."""
   from tqdm.auto import tqdm
 
-  from mrcnn_jax.evaluate import resolve_num_classes
-  resolve_num_classes(config)  # num_classes <= 0: from the dataset's categories
+  from mrcnn_jax import experiment
+  from mrcnn_jax.model import variables_template
+  info = info if info is not None else experiment.dataset_info(config)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+  with open(os.path.join(workdir, "dataset.json"), "w") as f:  # facts the model was sized by
+    json.dump({"num_classes": experiment.num_classes(config, info),
+               "class_names": list(info.class_names),
+               "label_to_category_id": info.label_to_category_id}, f, indent=1)
   devices = jax.local_devices()
   ndev, per_dev = device_batch_dims(config)
   log.info("training on %d %s device(s), %d images per device", ndev, devices[0].platform,
@@ -372,13 +349,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  model, state = create_train_state(config, init_rng)
-  tx = make_optimizer(config, state.params)
-  mngr = checkpoint_manager(workdir, config)
-  restored, meta = restore_checkpoint(mngr, state)
-  if restored is not None:
-    state = restored
+  model = experiment.build_model(config, info)
+  tx = make_optimizer(config, variables_template(model)["params"], model)
+  mngr = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+  state, _ = checkpoints.restore_train_state(mngr, train_state_template(model, tx))
+  if state is not None:
     log.info("resumed from %s at step %d", mngr.directory, int(state.step))
+  else:
+    state = create_train_state(config, init_rng, model, tx)
   start = int(state.step)
   if start >= config.total_steps:
     log.info("already at step %d >= total_steps %d", start, config.total_steps)
@@ -410,7 +388,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       for k in data_counts:
         if k in batch:
           data_counts[k] += int(np.sum(batch[k]))
-      batch = {k: v for k, v in batch.items() if k in TRAIN_KEYS}
+      batch = {k: v for k, v in batch.items() if k in MODEL_INPUTS or k.startswith("gt_")}
       pstate, metrics = p_step(pstate, batch, prng)
       metrics_acc.append(metrics)
       bar.update(1)
@@ -435,7 +413,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
               f"parameters were left unchanged and no NaN was checkpointed. Lower "
               f"config.optimizer.base_lr or enable config.optimizer.grad_clip_norm.")
       if step % config.checkpoint_every == 0 or step == config.total_steps or preempt.requested:
-        save_checkpoint(mngr, unreplicate(pstate), meta_for(step),
+        checkpoints.save_train_state(mngr, unreplicate(pstate), meta_for(step),
                         force=preempt.requested)
       if preempt.requested:
         break

@@ -139,7 +139,7 @@ def main(argv=None) -> int:
   variables = jax.device_put(variables)
 
   # --- inputs ----------------------------------------------------------------
-  from mrcnn_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
+  from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD
   mean = np.asarray(IMAGENET_MEAN, np.float32)
   std = np.asarray(IMAGENET_STD, np.float32)
   images = jax.device_put(np.broadcast_to((image - mean) / std, (b, H, W, 3)).copy())
@@ -254,7 +254,6 @@ def profile_stages(model, variables, images, image_sizes, tmodel, torch, timgs, 
   """Median seconds of cumulative prefixes of both pipelines (not per image)."""
   import jax
   import jax.numpy as jnp
-  from mrcnn_jax.ops import postprocess
 
   canvas = tuple(images.shape[1:3])
 
@@ -263,20 +262,16 @@ def profile_stages(model, variables, images, image_sizes, tmodel, torch, timgs, 
 
   def upto_proposals(m, x, s):
     feats = m.features(x)
-    obj, deltas = m.rpn(feats)
+    obj, deltas = m.rpn_outputs(feats)
     return m.proposals(feats, canvas, s.astype(jnp.float32), obj, deltas)
 
   def upto_detections(m, x, s):
     s = s.astype(jnp.float32)
     feats = m.features(x)
-    obj, deltas = m.rpn(feats)
+    obj, deltas = m.rpn_outputs(feats)
     props = m.proposals(feats, canvas, s, obj, deltas)
     logits, box_deltas = m.box_outputs(feats, props["boxes"], canvas)
-    return postprocess.detect_boxes(
-        logits, box_deltas, props["boxes"], props["valid"], s,
-        bbox_reg_weights=tuple(m.bbox_reg_weights), score_threshold=m.score_threshold,
-        nms_threshold=m.nms_threshold, detections_per_image=m.detections_per_image,
-        min_size=m.detection_min_size, candidates_per_image=m.detection_candidates)
+    return m.box_head.detect(logits, box_deltas, props, s)
 
   out = {}
   print("\nstages, cumulative, median s per call (delta) (mrcnn_jax first call s):")

@@ -129,7 +129,7 @@ def run_jax(args) -> dict:
   import jax
 
   from mrcnn_jax import train as train_lib
-  from mrcnn_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
+  from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD
 
   config = load_config(args.config, args.set)
   if args.precision == "mixed":
@@ -155,8 +155,11 @@ def run_jax(args) -> dict:
   batch = {k: v[None] for k, v in batch.items()}  # one device: [1, B, ...]
 
   devices = jax.local_devices()[:1]
-  model, state = train_lib.create_train_state(config, jax.random.PRNGKey(args.seed))
-  tx = train_lib.make_optimizer(config, state.params)
+  from mrcnn_jax import experiment
+  from mrcnn_jax.model import variables_template
+  model = experiment.build_model(config)
+  tx = train_lib.make_optimizer(config, variables_template(model)["params"], model)
+  state = train_lib.create_train_state(config, jax.random.PRNGKey(args.seed), model, tx)
   p_step = train_lib.make_p_train_step(model, tx, config.loss_weights)
   pstate = train_lib.replicate(state, devices)
   prng = train_lib.replicate(jax.random.PRNGKey(1), devices)
@@ -201,6 +204,7 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
   import jax.numpy as jnp
   import optax
 
+  from mrcnn_jax import train as train_lib
   from mrcnn_jax.ops import losses as loss_ops
 
   params = state.params
@@ -209,12 +213,11 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
   canvas = tuple(images.shape[1:3])
   rng = jax.random.PRNGKey(0)
   apply = lambda p, *a, **k: model.apply({"params": p}, *a, **k)  # noqa: E731
-  full = jax.jit(lambda p: apply(p, images, sizes, batch["gt_boxes"], batch["gt_labels"],
-                                 batch["gt_valid"], batch["gt_masks"], rng,
-                                 method=model.train_outputs))
+  gt = train_lib.batch_ground_truth(batch)
+  full = jax.jit(lambda p: apply(p, images, sizes, gt, rng, method=model.train_outputs))
   outs = full(params)
   feats = jax.jit(lambda p: apply(p, images, method=model.features))(params)
-  objectness, rpn_deltas = jax.jit(lambda p, f: apply(p, f, method=model.rpn))(params, feats)
+  objectness, rpn_deltas = jax.jit(lambda p, f: apply(p, f, method=model.rpn_outputs))(params, feats)
   mask_rois_n = outs["mask_logits"].shape[0]
 
   def features_sum(p):
@@ -222,7 +225,7 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
                                                           method=model.features))
 
   def rpn_loss(p, f):
-    obj, deltas = apply(p, f, method=model.rpn)
+    obj, deltas = apply(p, f, method=model.rpn_outputs)
     return sum(loss_ops.rpn_losses(jnp.concatenate(obj, 1), jnp.concatenate(deltas, 1),
                                    outs["rpn_target_labels"], outs["rpn_target_deltas"]))
 
@@ -230,7 +233,7 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
     # Everything between the heads that has no parameters: anchors, RPN
     # targets, proposals (top-k, decode, NMS), RoI sampling, mask targets.
     out = apply(p, f, canvas, sizes.astype(jnp.float32), objectness, rpn_deltas,
-                batch["gt_boxes"], batch["gt_labels"], batch["gt_valid"], rng,
+                {k: jnp.asarray(v) for k, v in gt.items()}, rng,
                 jnp.arange(images.shape[0]), method=model.sample_targets)
     return jax.tree.map(jnp.sum, out)
 
@@ -294,11 +297,11 @@ def run_torch(args) -> dict:
   m = config.model
   model = MaskRCNN(
       backbone, num_classes=m.num_classes, min_size=min(h, w), max_size=max(h, w),
-      rpn_pre_nms_top_n_train=m.rpn_pre_nms_topk_train,
-      rpn_post_nms_top_n_train=m.rpn_post_nms_topk_train,
-      rpn_batch_size_per_image=m.rpn_batch_per_image,
-      box_batch_size_per_image=m.roi_batch_per_image,
-      box_positive_fraction=m.roi_positive_fraction).to(dev).train()
+      rpn_pre_nms_top_n_train=m.rpn.pre_nms_topk_train,
+      rpn_post_nms_top_n_train=m.rpn.post_nms_topk_train,
+      rpn_batch_size_per_image=m.rpn.batch_per_image,
+      box_batch_size_per_image=m.roi_heads.batch_per_image,
+      box_positive_fraction=m.roi_heads.positive_fraction).to(dev).train()
   o = config.optimizer
   params = [p for p in model.parameters() if p.requires_grad]
   opt = torch.optim.SGD(params, lr=o.base_lr * o.warmup_factor, momentum=o.momentum,
@@ -377,7 +380,7 @@ def parse_args(argv):
   p.add_argument("--config", default=os.path.join(ROOT, "experiments",
                                                   "mask_rcnn_r50_fpn_1x.py"))
   p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                 help="config override, e.g. --set model.roi_batch_per_image=256")
+                 help="config override, e.g. --set model.roi_heads.batch_per_image=256")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--canvas", default="512x512", help="HxW, multiples of 32")
   p.add_argument("--boxes", type=int, default=4, help="objects per image")

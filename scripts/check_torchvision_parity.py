@@ -57,7 +57,7 @@ import time
 
 import numpy as np
 
-from mrcnn_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = np.array(IMAGENET_MEAN, np.float32)
 STD = np.array(IMAGENET_STD, np.float32)
@@ -179,7 +179,8 @@ def main(argv=None):
     t_out = tmodel(timgs)
 
   # --- mrcnn_jax, from the saved .pth through the safe reader ---------------
-  model = build_model(exp.get_config().model, score_threshold=args.score_threshold)
+  model = build_model(exp.get_config().model,
+                      roi_heads__box__score_threshold=args.score_threshold)
   template = init_params(model, jax.random.PRNGKey(0))
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "maskrcnn.pth")
@@ -221,7 +222,7 @@ def main(argv=None):
     tm = to["masks"].numpy()[:, 0] > 0.5
     v = j_out["valid"][i]
     jb, js, jl = j_out["boxes"][i][v], j_out["scores"][i][v], j_out["labels"][i][v]
-    check(int(j_out["num_candidates"][i]) <= model.detection_candidates or v.sum() == 100,
+    check(int(j_out["num_candidates"][i]) <= model.box_head.candidates or v.sum() == 100,
           f"image {i}: candidate cap exact ({int(j_out['num_candidates'][i])} candidates)")
     check(len(jb) == len(tb), f"image {i} ({name}): {len(tb)} torchvision detections, "
           f"{len(jb)} ours")

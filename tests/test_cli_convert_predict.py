@@ -9,8 +9,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mrcnn_jax import checkpoints, cli
-from mrcnn_jax.model import build_model, init_params
+from mrcnn_jax import checkpoints, cli, experiment
+from mrcnn_jax.model import variables_template
 from mrcnn_jax.torch_io import load_torch_state_dict
 from mrcnn_jax.weights import convert_state_dict
 
@@ -29,8 +29,7 @@ def test_convert_then_predict(tmp_path, capsys):
   cfg = write_config(tmp_path)
   out = str(tmp_path / "converted")
   cli.main(["convert", "--checkpoint", FIXTURE, "--output", out, "--config", cfg])
-  model = build_model(tiny_config().model)
-  template = jax.device_get(init_params(model, jax.random.PRNGKey(0)))
+  template = variables_template(experiment.build_model(tiny_config()))
   loaded = checkpoints.load_variables(out, template)
   direct = convert_state_dict(load_torch_state_dict(FIXTURE), template)
   for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(direct)):

@@ -67,11 +67,12 @@ def test_custom_coco_format_train_and_evaluate(tmp_path):
       f"  d.data_dir = {str(tmp_path / 'tfds')!r}\n"
       f"  d.train_json = d.val_json = {json_path!r}\n"
       f"  d.train_images = d.val_images = {images!r}\n"
+      "  d.canvas = None\n"
       "  d.canvases = ((64, 96), (96, 64))\n"
       "  d.min_size = 64\n"
       "  d.max_size = 96\n"
       "  c.model.num_classes = 0\n"
-      "  c.class_names = ()\n"
+      "  d.class_names = ()\n"
       "  return c\n")
   wd = str(tmp_path / "wd")
   cli.main(["train", "--config", str(cfg), "--workdir", wd, "--config.total_steps=1"])
@@ -79,4 +80,6 @@ def test_custom_coco_format_train_and_evaluate(tmp_path):
     metrics = json.load(f)
   assert metrics["step"] == 1 and set(KEYS) <= set(metrics)
   with open(os.path.join(wd, "config.json")) as f:
-    assert json.load(f)["model"]["num_classes"] == 4  # background + 3 categories
+    assert json.load(f)["model"]["num_classes"] == 0  # as given: not written back
+  with open(os.path.join(wd, "dataset.json")) as f:
+    assert json.load(f)["num_classes"] == 4  # background + 3 categories, from the json
