@@ -6,6 +6,8 @@
   mrcnn-jax predict  [--config ...] (--workdir DIR | --checkpoint PATH) --output OUT IMAGES...
   mrcnn-jax convert  --checkpoint FILE.pth --output DIR [--kind maskrcnn|backbone]
                      [--config experiments/mask_rcnn_r50_fpn.py]
+  mrcnn-jax export   [--config ...] (--workdir DIR | --checkpoint PATH) --output OUT
+                     [--formats stablehlo,savedmodel] [--batch N] [--canvas HxW]
 
 ``train`` with no arguments trains the built-in shapes experiment into
 ``./workdir/shapes`` and then evaluates it; running it again resumes.
@@ -145,6 +147,31 @@ def cmd_convert(args, overrides):
   print(f"converted {args.checkpoint} ({args.kind}, {n:,} values) -> {os.path.abspath(args.output)}")
 
 
+def cmd_export(args, overrides):
+  from mrcnn_jax import evaluate, experiment
+  from mrcnn_jax import export as export_lib
+  from mrcnn_jax.input_spec import InputSpec
+  config = apply_overrides(load_config(args.config), overrides)
+  if not args.workdir and not args.checkpoint:
+    raise SystemExit("mrcnn-jax export: give --workdir (a training run) or --checkpoint")
+  # Fail on bad arguments before loading anything.
+  formats = export_lib.parse_formats(args.formats)
+  canvas = export_lib.parse_canvas(args.canvas) if args.canvas else None
+  if os.path.exists(args.output) and not args.overwrite:
+    raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+  info = experiment.dataset_info(config)
+  model = experiment.build_model(config, info)
+  variables, _ = evaluate.load_inference_variables(model, workdir=args.workdir,
+                                                   checkpoint=args.checkpoint)
+  out = export_lib.export(
+      model, variables, InputSpec.from_config(config.data), class_names=info.class_names,
+      label_to_category_id=info.label_to_category_id, output_dir=args.output,
+      formats=formats, batch=args.batch, canvas=canvas, masks_canvas=args.masks_canvas,
+      overwrite=args.overwrite, config_name=os.path.basename(args.config or DEFAULT_CONFIG))
+  print(f"exported {', '.join(out['files'].values())} (batch {out['batch']}, canvas "
+        f"{out['canvas'][0]}x{out['canvas'][1]}) -> {os.path.abspath(args.output)}")
+
+
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog="mrcnn-jax", description="Mask R-CNN in JAX/Flax")
@@ -176,6 +203,19 @@ def main(argv=None):
   p.add_argument("--kind", choices=("maskrcnn", "backbone"), default="maskrcnn")
   p.add_argument("--config", default=None, help="default: experiments/mask_rcnn_r50_fpn.py")
   p.set_defaults(fn=cmd_convert)
+  p = sub.add_parser("export", help="export a checkpoint as StableHLO / TF SavedModel")
+  p.add_argument("--config", default=None)
+  p.add_argument("--workdir", default=None)
+  p.add_argument("--checkpoint", default=None)
+  p.add_argument("--output", required=True, help="folder for the artifacts and export.json")
+  p.add_argument("--formats", default="stablehlo,savedmodel",
+                 help="comma-separated: stablehlo, savedmodel")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--canvas", default=None, help="HxW (default: the config's first canvas)")
+  p.add_argument("--masks-canvas", action="store_true",
+                 help="also output masks pasted into the canvas (uint8 0/1)")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(fn=cmd_export)
   overrides = [a for a in argv if a.startswith("--config.")]
   args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
   _setup_logging()

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 
 from mrcnn_jax import checkpoints
+from mrcnn_jax.client import to_original
 from mrcnn_jax.coco_eval import detections_to_coco, evaluate_coco, write_metrics_json
 from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD
-from mrcnn_jax.ops.masks import paste_masks_numpy
 from mrcnn_jax.visualize import draw_detections, save_png
 
 log = logging.getLogger("mrcnn_jax")
@@ -32,20 +32,6 @@ def make_p_predict(model):
   """pmapped inference: (replicated variables, images [D, b, ...], sizes) ->
   detections [D, b, ...]."""
   return jax.pmap(lambda v, x, s: model.apply(v, x, s), axis_name="batch")
-
-
-def to_original(det: Mapping[str, np.ndarray], image_size, orig_size,
-                mask_threshold: float = 0.5) -> dict:
-  """One image's valid detections in original-image pixels, with pasted
-  boolean masks [N, H, W]."""
-  v = np.asarray(det["valid"], bool)
-  ry = orig_size[0] / image_size[0]
-  rx = orig_size[1] / image_size[1]
-  boxes = np.asarray(det["boxes"])[v] * np.array([rx, ry, rx, ry], np.float32)
-  masks = paste_masks_numpy(np.asarray(det["masks"])[v], boxes, tuple(int(x) for x in orig_size),
-                            threshold=mask_threshold)
-  return {"boxes": boxes, "scores": np.asarray(det["scores"])[v],
-          "labels": np.asarray(det["labels"])[v], "masks": masks}
 
 
 def predict(model, variables, batches: Iterable[dict], *, max_batches: int | None = None

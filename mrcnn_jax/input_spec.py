@@ -37,18 +37,13 @@ import math
 import numbers
 from typing import Any
 
+from mrcnn_jax.client import resized_size  # noqa: F401  (the rule; numpy-only module)
+
 # The largest stride of the backbone / FPN: canvases are multiples of it.
 SIZE_DIVISIBILITY = 32
 # torchvision's ImageNet normalisation of [0, 1] RGB images.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-  """(new_h, new_w) of torchvision's resize rule (module docstring)."""
-  scale = min(float(min_size) / min(height, width), float(max_size) / max(height, width))
-  return (max(int(math.floor(height * scale)), 1),
-          max(int(math.floor(width * scale)), 1))
 
 
 def square_canvas(max_size: int, multiple: int = SIZE_DIVISIBILITY) -> tuple[int, int]:

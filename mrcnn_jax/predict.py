@@ -13,7 +13,7 @@ import numpy as np
 
 from mrcnn_jax import preprocess
 from mrcnn_jax.coco_eval import detections_to_coco
-from mrcnn_jax.evaluate import to_original
+from mrcnn_jax.client import to_original
 from mrcnn_jax.input_spec import InputSpec
 from mrcnn_jax.visualize import draw_detections, save_png
 

@@ -22,28 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mrcnn_jax.client import resize_bilinear  # noqa: F401  (shared with exports)
 from mrcnn_jax.input_spec import SIZE_DIVISIBILITY, InputSpec
-
-
-def _axis_matrix(n_in: int, n_out: int) -> np.ndarray:
-  scale = np.float32(n_in / n_out)
-  src = np.maximum((np.arange(n_out, dtype=np.float32) + 0.5) * scale - 0.5, 0.0)
-  i0 = np.floor(src).astype(np.int64)
-  i0 = np.minimum(i0, n_in - 1)
-  i1 = np.minimum(i0 + 1, n_in - 1)
-  frac = src - i0
-  m = np.zeros((n_out, n_in), np.float32)
-  np.add.at(m, (np.arange(n_out), i0), 1.0 - frac)
-  np.add.at(m, (np.arange(n_out), i1), frac)
-  return m
-
-
-def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """[H, W, C] float -> [h, w, C] float32, PyTorch bilinear (no antialias)."""
-  image = np.asarray(image, np.float32)
-  my = _axis_matrix(image.shape[0], size[0])
-  mx = _axis_matrix(image.shape[1], size[1])
-  return np.einsum("yh,hwc,xw->yxc", my, image, mx, optimize=True)
 
 
 def prepare_image(image: np.ndarray, spec: InputSpec, *, min_size: int | None = None

@@ -13,14 +13,14 @@ separable): for each image row y, the source row of the padded mask is
 ``(y - y0 + 0.5) * (M + 2) / h - 0.5`` clamped at 0 -- the exact formula
 PyTorch uses -- and likewise for columns. The paste is then
 ``Wy [H, M+2] @ mask [M+2, M+2] @ Wx^T [M+2, W]``, with rows/columns outside
-the box zeroed.
+the box zeroed. (``mrcnn_jax.client.paste_masks`` is the host-side numpy
+twin, for evaluation over images of any size and for exported models.)
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def _expand_boxes(boxes, scale, xp=jnp):
@@ -87,17 +87,3 @@ def paste_masks(masks, boxes, image_size: tuple[int, int], padding: int = 1):
 
   return jax.vmap(one)(padded, ib)
 
-
-def paste_masks_numpy(masks, boxes, image_size: tuple[int, int], padding: int = 1,
-                      threshold: float | None = 0.5):
-  """``paste_masks`` on the host with numpy, for evaluation over images of
-  many sizes (no compile per size). Returns bool masks [N, H, W] when
-  ``threshold`` is set, else float32 probabilities."""
-  padded, ib, src = _prepare(masks, boxes, padding, np)
-  h_img, w_img = int(image_size[0]), int(image_size[1])
-  out = np.zeros((len(padded), h_img, w_img), np.float32)
-  for i in range(len(padded)):
-    wy = _interp_matrix(ib[i, 1], ib[i, 3], h_img, src, np)
-    wx = _interp_matrix(ib[i, 0], ib[i, 2], w_img, src, np)
-    out[i] = wy @ padded[i] @ wx.T
-  return out > threshold if threshold is not None else out

@@ -1,0 +1,237 @@
+"""Checkpoint export: self-contained artifacts that give the model's own
+detections without ``mrcnn_jax``.
+
+Every artifact has one interface (also written to ``export.json``):
+
+  inputs   ``images`` uint8 [B, H, W, 3] RGB at the canvas size, each image
+           resized by the export's rule (``export.json`` "input") and placed
+           in the top-left corner; ``image_sizes`` int32 [B, 2], the (h, w)
+           of each resized image inside the canvas. Normalisation (and
+           zeroing the padding) happens inside the artifact.
+  outputs  ``boxes`` float32 [B, N, 4] xyxy in canvas pixels; ``scores``
+           float32 [B, N]; ``labels`` int32 [B, N] dataset category ids;
+           ``valid`` bool [B, N]; ``masks`` float32 [B, N, M, M] mask
+           probabilities in box coordinates; optionally ``masks_canvas``
+           uint8 [B, N, H, W] (masks pasted into the canvas, 0/1).
+
+Formats (``FORMATS``):
+
+  stablehlo   ``model.stablehlo``: ``jax.export`` serialized, lowered for
+              cpu and cuda; ``jax.export.deserialize(data).call(images,
+              image_sizes)`` returns the output dict.
+  savedmodel  ``saved_model/``: TF SavedModel (jax2tf, native
+              serialization) with a ``serving_default`` signature.
+
+Next to them: ``export.json`` (the interface, the resize rule, class names
+and category ids) and ``client.py`` (``mrcnn_jax/client.py``: numpy only,
+resizes any image into the input and maps detections back).
+
+The weights are constants of the exported program. Export code stays here:
+the model has no export branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrcnn_jax import client
+from mrcnn_jax.input_spec import SIZE_DIVISIBILITY, InputSpec
+from mrcnn_jax.ops.masks import paste_masks
+
+FORMATS = ("stablehlo", "savedmodel")
+EXPORT_VERSION = 1
+INPUTS = ("images", "image_sizes")
+
+
+def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
+  names = [f.strip() for f in (text.split(",") if isinstance(text, str) else text) if f.strip()]
+  unknown = sorted(set(names) - set(FORMATS))
+  if unknown or not names:
+    raise ValueError(f"unknown export format(s) {unknown or names}; choose from {FORMATS}")
+  return tuple(dict.fromkeys(names))
+
+
+def parse_canvas(text: str | Sequence[int]) -> tuple[int, int]:
+  try:
+    hw = tuple(int(v) for v in (text.lower().split("x") if isinstance(text, str) else text))
+  except ValueError:
+    hw = ()
+  if len(hw) != 2 or min(hw) < 1:
+    raise ValueError(f"--canvas must be HxW, e.g. 800x1344; got {text!r}")
+  if hw[0] % SIZE_DIVISIBILITY or hw[1] % SIZE_DIVISIBILITY:
+    raise ValueError(f"--canvas {hw[0]}x{hw[1]} is not divisible by the backbone's stride "
+                     f"{SIZE_DIVISIBILITY}")
+  return hw
+
+
+def label_table(num_classes: int, label_to_category_id: Mapping[int, int] | None) -> np.ndarray:
+  """int32 [K]: label -> category id (identity for coco_ids label spaces;
+  background stays 0)."""
+  table = np.arange(num_classes, dtype=np.int32)
+  for label, cat in (label_to_category_id or {}).items():
+    if 0 < int(label) < num_classes:
+      table[int(label)] = int(cat)
+  return table
+
+
+def serving_function(model, variables, spec: InputSpec, table: np.ndarray,
+                     masks_canvas: bool = False):
+  """(images uint8 [B, H, W, 3], image_sizes int32 [B, 2]) -> output dict,
+  with the variables closed over (constants of the exported program)."""
+  mean = np.asarray(spec.mean, np.float32)
+  std = np.asarray(spec.std, np.float32)
+  table = jnp.asarray(table)
+
+  def serve(images, image_sizes):
+    h, w = images.shape[1:3]
+    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    # Outside each image the pipeline's canvas is zero after normalisation.
+    inside = ((jnp.arange(h)[None, :, None] < image_sizes[:, None, None, 0])
+              & (jnp.arange(w)[None, None, :] < image_sizes[:, None, None, 1]))
+    x = jnp.where(inside[..., None], x, 0.0)
+    out = model.apply(variables, x, image_sizes)
+    result = {"boxes": out["boxes"].astype(jnp.float32),
+              "scores": out["scores"].astype(jnp.float32),
+              "labels": jnp.where(out["valid"], table[out["labels"]], 0).astype(jnp.int32),
+              "valid": out["valid"],
+              "masks": out["masks"].astype(jnp.float32)}
+    if masks_canvas:
+      pasted = jax.vmap(lambda m, b: paste_masks(m, b, (h, w)))(out["masks"], out["boxes"])
+      result["masks_canvas"] = ((pasted > 0.5) & out["valid"][..., None, None]).astype(
+          jnp.uint8)
+    return result
+
+  return serve
+
+
+def _spec_args(batch: int, canvas: tuple[int, int]):
+  return (jax.ShapeDtypeStruct((batch,) + tuple(canvas) + (3,), jnp.uint8),
+          jax.ShapeDtypeStruct((batch, 2), jnp.int32))
+
+
+def export_stablehlo(serve, batch: int, canvas, path: str,
+                     platforms: Sequence[str] = ("cpu", "cuda")):
+  exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(
+      *_spec_args(batch, canvas))
+  with open(path, "wb") as f:
+    f.write(exported.serialize())
+  return exported
+
+
+@contextlib.contextmanager
+def _stablehlo_target(version: str):
+  """Serializes exported programs for a StableHLO ``version`` instead of
+  JAX's default (4 weeks old). TensorFlow runs a SavedModel's program with
+  its own, older StableHLO (1.13.7 in TF 2.21 next to 1.15 from JAX 0.10),
+  which cannot read newer ops (``lax.top_k`` became a composite). This
+  replaces a private JAX hook for the duration of one export; without it
+  the SavedModel loads but fails at its first call."""
+  from jax._src import xla_bridge
+  from jax._src.export import _export
+  from jax._src.lib import _jax
+  original = getattr(_export, "_module_to_bytecode", None)
+  if original is None:
+    raise RuntimeError("this JAX version has no jax._src.export._export._module_to_bytecode; "
+                       "mrcnn_jax.export needs updating for it")
+
+  def to_bytecode(module):
+    return _jax.mlir.serialize_portable_artifact(
+        module, version, xla_bridge.get_backend().serialize_with_sdy)
+
+  _export._module_to_bytecode = to_bytecode
+  try:
+    yield
+  finally:
+    _export._module_to_bytecode = original
+
+
+def export_savedmodel(serve, batch: int, canvas, path: str,
+                      platforms: Sequence[str] = ("cpu", "cuda")):
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+  from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_stablehlo
+  converted = jax2tf.convert(serve, with_gradient=False,
+                             native_serialization_platforms=tuple(platforms))
+  module = tf.Module()
+  module.serve = tf.function(
+      lambda images, image_sizes: converted(images, image_sizes), autograph=False,
+      input_signature=[tf.TensorSpec((batch,) + tuple(canvas) + (3,), tf.uint8, name="images"),
+                       tf.TensorSpec((batch, 2), tf.int32, name="image_sizes")])
+  with _stablehlo_target(tf_stablehlo.get_current_version()):
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def describe(outputs: Mapping[str, Any]) -> dict:
+  meaning = {
+      "boxes": "xyxy in input canvas pixels (divide by the resize ratio for the original image)",
+      "scores": "detection score (class probability)",
+      "labels": "dataset category id (0 where not valid)",
+      "valid": "True for the first num_detections entries; the rest is padding",
+      "masks": "mask probabilities of the detected class in box coordinates (paste into the box)",
+      "masks_canvas": "masks pasted into the canvas and thresholded at 0.5 (0/1)",
+  }
+  return {k: {"dtype": str(v.dtype), "shape": list(v.shape), "meaning": meaning[k]}
+          for k, v in outputs.items()}
+
+
+def export(model, variables, spec: InputSpec, *, class_names: Sequence[str],
+           label_to_category_id: Mapping[int, int] | None, output_dir: str,
+           formats: Sequence[str] = FORMATS, batch: int = 1, canvas=None,
+           masks_canvas: bool = False, overwrite: bool = False, config_name: str = "",
+           platforms: Sequence[str] = ("cpu", "cuda")) -> dict:
+  """Writes the artifacts of ``formats`` and ``export.json`` into
+  ``output_dir``; returns the export.json contents."""
+  formats = parse_formats(formats)
+  canvas = parse_canvas(canvas if canvas is not None else spec.canvases[0])
+  if batch < 1:
+    raise ValueError(f"--batch must be >= 1, got {batch}")
+  if os.path.exists(output_dir):
+    if not overwrite:
+      raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+    shutil.rmtree(output_dir)
+  os.makedirs(output_dir)
+  table = label_table(len(class_names), label_to_category_id)
+  serve = serving_function(model, variables, spec, table, masks_canvas)
+  outputs = jax.eval_shape(serve, *_spec_args(batch, canvas))
+  files = {}
+  if "stablehlo" in formats:
+    export_stablehlo(serve, batch, canvas, os.path.join(output_dir, "model.stablehlo"),
+                     platforms)
+    files["stablehlo"] = "model.stablehlo"
+  if "savedmodel" in formats:
+    export_savedmodel(serve, batch, canvas, os.path.join(output_dir, "saved_model"), platforms)
+    files["savedmodel"] = "saved_model"
+  info = {
+      "format_version": EXPORT_VERSION,
+      "config": config_name,
+      "files": files,
+      "platforms": list(platforms),
+      "batch": batch,
+      "canvas": list(canvas),
+      "input": {"resize": "scale = min(min_size / min(H, W), max_size / max(H, W)); "
+                          "(h, w) = floor((H, W) * scale) in double precision, bilinear "
+                          "(half-pixel centres, no antialiasing)",
+                "min_size": spec.eval_min_size, "max_size": spec.max_size,
+                "mean": list(spec.mean), "std": list(spec.std)},
+      "inputs": {"images": {"dtype": "uint8", "shape": [batch] + list(canvas) + [3],
+                            "meaning": "RGB, resized image in the top-left corner"},
+                 "image_sizes": {"dtype": "int32", "shape": [batch, 2],
+                                 "meaning": "(h, w) of each resized image in the canvas"}},
+      "outputs": describe(outputs),
+      "class_names": list(class_names),
+      "category_ids": table.tolist(),
+      "score_threshold": float(model.box_head.score_threshold),
+  }
+  with open(os.path.join(output_dir, "export.json"), "w") as f:
+    json.dump(info, f, indent=1)
+  # The numpy helper (resize into the input, map detections back), standalone.
+  shutil.copy(client.__file__, os.path.join(output_dir, "client.py"))
+  return info

@@ -1,0 +1,148 @@
+"""Export on a tiny model (the torchvision-layout fixture converted, score
+threshold 0 so there are detections): StableHLO and TF SavedModel artifacts,
+each loaded in a subprocess that never imports mrcnn_jax, give the JAX
+model's detections; bad arguments are clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from mrcnn_jax import experiment, export
+from mrcnn_jax.input_spec import InputSpec
+from mrcnn_jax.model import variables_template
+from mrcnn_jax.torch_io import load_torch_state_dict
+from mrcnn_jax.weights import convert_state_dict
+
+from helpers import tiny_config
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "data", "tiny_maskrcnn.pth")
+
+# Run in the subprocess: the shipped numpy client prepares real-size images
+# (the same input the test gives the JAX model) and maps detections back.
+CLIENT = (
+    "sys.path.insert(0, d); import client\n"
+    "info = client.load_export_info(d)\n"
+    "raw = [np.load(os.path.join(os.getcwd(), 'in.npz'))[k] for k in ('raw0', 'raw1')]\n"
+    "images2, sizes2, originals = client.prepare(raw, info)\n"
+    "assert (images2 == images).all() and (sizes2 == sizes).all(), 'client input differs'\n")
+
+LOADERS = {
+    "stablehlo": (
+        "from jax import export\n"
+        "exp = export.deserialize(open(os.path.join(d, 'model.stablehlo'), 'rb').read())\n"
+        "out = exp.call(images, sizes)\n"),
+    "savedmodel": (
+        "import tensorflow as tf\n"
+        "fn = tf.saved_model.load(os.path.join(d, 'saved_model')).signatures['serving_default']\n"
+        "out = fn(images=tf.constant(images), image_sizes=tf.constant(sizes))\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  c = tiny_config()
+  model = experiment.build_model(c, roi_heads__box__score_threshold=0.0)
+  variables = convert_state_dict(load_torch_state_dict(FIXTURE), variables_template(model))
+  spec = InputSpec.from_config(c.data)
+  names = ("background", "square", "circle", "triangle")
+  label_map = {1: 7, 2: 8, 3: 9}  # category ids unlike the labels
+  out_dir = str(tmp_path_factory.mktemp("export") / "out")
+  info = export.export(model, variables, spec, class_names=names,
+                       label_to_category_id=label_map, output_dir=out_dir, batch=2,
+                       masks_canvas=True, config_name="tiny")
+  # Images the resize leaves as they are (min_size = max_size = 64), so the
+  # client's prepared input is exactly this one.
+  rng = np.random.default_rng(0)
+  raw = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+         rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)]
+  images = np.zeros((2, 64, 64, 3), np.uint8)
+  images[0] = raw[0]
+  images[1, :48, :64] = raw[1]
+  sizes = np.asarray([[64, 64], [48, 64]], np.int32)
+  serve = export.serving_function(model, variables, spec,
+                                  export.label_table(len(names), label_map), masks_canvas=True)
+  reference = jax.device_get(jax.jit(serve)(images, sizes))
+  # the serving function is the model on normalised, zero-padded input
+  x = (images / 255.0 - np.asarray(spec.mean)) / np.asarray(spec.std)
+  x[1, 48:] = 0
+  direct = jax.device_get(jax.jit(model.apply)(variables, x.astype(np.float32), sizes))
+  return out_dir, info, images, sizes, reference, direct, raw
+
+
+def test_serving_function_is_the_model(exported):
+  _, _, _, _, ref, direct, _ = exported
+  assert ref["valid"].sum() > 0
+  np.testing.assert_array_equal(ref["valid"], direct["valid"])
+  np.testing.assert_allclose(ref["boxes"], direct["boxes"], atol=1e-3)
+  table = np.asarray([0, 7, 8, 9])
+  np.testing.assert_array_equal(ref["labels"], np.where(direct["valid"],
+                                                        table[direct["labels"]], 0))
+  assert ref["masks_canvas"].shape == (2, 10, 64, 64) and ref["masks_canvas"].dtype == np.uint8
+
+
+def test_export_json_describes_the_interface(exported):
+  out_dir, info, *_ = exported
+  with open(os.path.join(out_dir, "export.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(info))
+  assert info["inputs"]["images"]["shape"] == [2, 64, 64, 3]
+  assert info["outputs"]["labels"]["dtype"] == "int32"
+  assert info["category_ids"] == [0, 7, 8, 9] and info["platforms"] == ["cpu", "cuda"]
+  assert set(info["files"]) == {"stablehlo", "savedmodel"}
+
+
+@pytest.mark.parametrize("fmt", sorted(LOADERS))
+def test_artifact_runs_without_mrcnn_jax(exported, fmt, tmp_path):
+  out_dir, _, images, sizes, ref, _, raw = exported
+  np.savez(tmp_path / "in.npz", images=images, sizes=sizes, raw0=raw[0], raw1=raw[1])
+  code = (
+      "import os, sys, numpy as np\n"
+      f"d = {out_dir!r}\n"
+      f"inp = np.load({str(tmp_path / 'in.npz')!r}); images, sizes = inp['images'], inp['sizes']\n"
+      + CLIENT + LOADERS[fmt] +
+      "det = client.to_original({k: np.asarray(v)[1] for k, v in out.items()}, sizes[1], "
+      "originals[1])\n"
+      "assert det['masks'].shape[1:] == (48, 64) and det['masks'].dtype == bool\n"
+      "assert not any(m.startswith('mrcnn_jax') for m in sys.modules), 'imported mrcnn_jax'\n"
+      f"np.savez({str(tmp_path / 'out.npz')!r}, **{{k: np.asarray(v) for k, v in out.items()}})\n")
+  env = dict(os.environ, PYTHONPATH="")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path), env=env)
+  got = dict(np.load(tmp_path / "out.npz"))
+  assert set(got) == set(ref)
+  np.testing.assert_array_equal(got["valid"], ref["valid"])
+  np.testing.assert_array_equal(got["labels"], ref["labels"])
+  np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1e-3)
+  np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4)
+  np.testing.assert_allclose(got["masks"], ref["masks"], atol=1e-4)
+  assert (got["masks_canvas"] != ref["masks_canvas"]).mean() < 1e-3
+
+
+def test_bad_arguments_are_clear_errors(exported):
+  out_dir, *_ = exported
+  with pytest.raises(ValueError, match="unknown export format"):
+    export.parse_formats("stablehlo,tflite")
+  with pytest.raises(ValueError, match="not divisible by the backbone's stride 32"):
+    export.parse_canvas("100x128")
+  c = tiny_config()
+  model = experiment.build_model(c)
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    export.export(model, {}, InputSpec.from_config(c.data), class_names=("a", "b"),
+                  label_to_category_id=None, output_dir=out_dir)
+
+
+def test_cli_checks_arguments_before_loading_anything(exported, tmp_path):
+  from mrcnn_jax import cli
+  out_dir, *_ = exported
+  cfg = tmp_path / "tiny.py"
+  cfg.write_text("from helpers import tiny_config\n\ndef get_config():\n  return tiny_config()\n")
+  base = ["export", "--config", str(cfg), "--checkpoint", str(tmp_path / "missing")]
+  with pytest.raises(ValueError, match="unknown export format"):
+    cli.main(base + ["--output", str(tmp_path / "o"), "--formats", "onnx2"])
+  with pytest.raises(ValueError, match="not divisible"):
+    cli.main(base + ["--output", str(tmp_path / "o"), "--canvas", "65x64"])
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    cli.main(base + ["--output", out_dir])
