@@ -23,44 +23,43 @@ import jax
 import jax.numpy as jnp
 
 
-def _expand_boxes(boxes, scale, xp=jnp):
+def _expand_boxes(boxes, scale):
   w_half = (boxes[..., 2] - boxes[..., 0]) * 0.5 * scale
   h_half = (boxes[..., 3] - boxes[..., 1]) * 0.5 * scale
   x_c = (boxes[..., 2] + boxes[..., 0]) * 0.5
   y_c = (boxes[..., 3] + boxes[..., 1]) * 0.5
-  return xp.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], -1)
+  return jnp.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], -1)
 
 
-def _interp_matrix(start, end, out_len: int, src_len: int, xp=jnp):
+def _interp_matrix(start, end, out_len: int, src_len: int):
   """[out_len, src_len] bilinear weights placing a source of length src_len
-  over integer pixels start..end (inclusive) of an axis of length out_len.
-  ``xp`` is jax.numpy (inside jit) or numpy (host-side postprocessing)."""
-  size = xp.maximum(end - start + 1, 1).astype(xp.float32)
-  pos = xp.arange(out_len, dtype=xp.float32)
-  lo = xp.maximum(start, 0)
-  hi = xp.minimum(end + 1, out_len)
+  over integer pixels start..end (inclusive) of an axis of length out_len."""
+  size = jnp.maximum(end - start + 1, 1).astype(jnp.float32)
+  pos = jnp.arange(out_len, dtype=jnp.float32)
+  lo = jnp.maximum(start, 0)
+  hi = jnp.minimum(end + 1, out_len)
   inside = (pos >= lo) & (pos < hi)
-  scale = xp.float32(src_len) / size
-  src = xp.maximum((pos - start + 0.5) * scale - 0.5, 0.0).astype(xp.float32)
-  i0 = xp.floor(src)
+  scale = jnp.float32(src_len) / size
+  src = jnp.maximum((pos - start + 0.5) * scale - 0.5, 0.0).astype(jnp.float32)
+  i0 = jnp.floor(src)
   frac = src - i0
-  i0 = xp.minimum(i0.astype(xp.int32), src_len - 1)
-  i1 = xp.minimum(i0 + 1, src_len - 1)
-  cols = xp.arange(src_len)[None, :]
+  i0 = jnp.minimum(i0.astype(jnp.int32), src_len - 1)
+  i1 = jnp.minimum(i0 + 1, src_len - 1)
+  cols = jnp.arange(src_len)[None, :]
   w = ((cols == i0[:, None]) * (1.0 - frac)[:, None]
        + (cols == i1[:, None]) * frac[:, None])
-  return (w * inside[:, None]).astype(xp.float32)
+  return (w * inside[:, None]).astype(jnp.float32)
 
 
-def _prepare(masks, boxes, padding, xp):
-  masks = xp.asarray(masks, xp.float32)
+def _prepare(masks, boxes, padding):
+  masks = jnp.asarray(masks, jnp.float32)
   if masks.ndim == 4:
     masks = masks[:, 0]
   m = masks.shape[-1]
-  padded = xp.pad(masks, ((0, 0), (padding, padding), (padding, padding)))
+  padded = jnp.pad(masks, ((0, 0), (padding, padding), (padding, padding)))
   scale = (m + 2 * padding) / m
   # torch's ``.to(int64)`` truncates toward zero.
-  ib = xp.trunc(_expand_boxes(xp.asarray(boxes, xp.float32), scale, xp)).astype(xp.int32)
+  ib = jnp.trunc(_expand_boxes(jnp.asarray(boxes, jnp.float32), scale)).astype(jnp.int32)
   return padded, ib, m + 2 * padding
 
 
@@ -77,7 +76,7 @@ def paste_masks(masks, boxes, image_size: tuple[int, int], padding: int = 1):
   Returns:
     [N, H, W] float32 probabilities; threshold at 0.5 for binary masks.
   """
-  padded, ib, src = _prepare(masks, boxes, padding, jnp)
+  padded, ib, src = _prepare(masks, boxes, padding)
   h_img, w_img = int(image_size[0]), int(image_size[1])
 
   def one(mask, box):
