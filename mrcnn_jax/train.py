@@ -142,11 +142,11 @@ def create_train_state(config: ml_collections.ConfigDict, rng, model, tx) -> Tra
   return _state_from_variables(variables, tx)
 
 
-def train_state_template(model, tx) -> TrainState:
-  """Shapes and dtypes of a ``TrainState`` (``jax.eval_shape``: no compute,
-  no checkpoint read), the template for restoring one."""
-  return jax.eval_shape(
-      lambda: _state_from_variables(init_params(model, jax.random.PRNGKey(0)), tx))
+def train_state_template(variables, tx) -> TrainState:
+  """Shapes and dtypes of the ``TrainState`` made from ``variables`` (e.g.
+  ``model.variables_template``), via ``jax.eval_shape``: no compute, no
+  checkpoint read. The template for restoring one."""
+  return jax.eval_shape(lambda v: _state_from_variables(v, tx), variables)
 
 
 # ============================================================================
@@ -350,9 +350,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   model = experiment.build_model(config, info)
-  tx = make_optimizer(config, variables_template(model)["params"], model)
+  template = variables_template(model)
+  tx = make_optimizer(config, template["params"], model)
   mngr = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
-  state, _ = checkpoints.restore_train_state(mngr, train_state_template(model, tx))
+  state, _ = checkpoints.restore_train_state(mngr, train_state_template(template, tx))
   if state is not None:
     log.info("resumed from %s at step %d", mngr.directory, int(state.step))
   else:

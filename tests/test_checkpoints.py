@@ -48,10 +48,11 @@ def test_resuming_training_from_the_older_layout_says_so(model, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(LEGACY, workdir)
   c = tiny_config()
-  tx = train.make_optimizer(c, variables_template(model)["params"], model)
+  template = variables_template(model)
+  tx = train.make_optimizer(c, template["params"], model)
   mngr = checkpoints.checkpoint_manager(str(workdir))
   with pytest.raises(checkpoints.OlderLayoutError, match="older mrcnn_jax layout"):
-    checkpoints.restore_train_state(mngr, train.train_state_template(model, tx))
+    checkpoints.restore_train_state(mngr, train.train_state_template(template, tx))
   mngr.close()
 
 
@@ -68,7 +69,7 @@ def test_templates_come_from_eval_shape(model):
   c = tiny_config()
   template = variables_template(model)
   tx = train.make_optimizer(c, template["params"], model)
-  state = train.train_state_template(model, tx)
+  state = train.train_state_template(template, tx)
   for tree in (template, state):
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(tree))
 
