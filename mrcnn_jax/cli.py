@@ -155,10 +155,8 @@ def cmd_export(args, overrides):
   if not args.workdir and not args.checkpoint:
     raise SystemExit("mrcnn-jax export: give --workdir (a training run) or --checkpoint")
   # Fail on bad arguments before loading anything.
-  formats = export_lib.parse_formats(args.formats)
-  canvas = export_lib.parse_canvas(args.canvas) if args.canvas else None
-  if os.path.exists(args.output) and not args.overwrite:
-    raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+  formats, canvas = export_lib.check_arguments(args.formats, args.canvas, args.output,
+                                               args.overwrite)
   info = experiment.dataset_info(config)
   model = experiment.build_model(config, info)
   variables, _ = evaluate.load_inference_variables(model, workdir=args.workdir,

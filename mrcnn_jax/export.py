@@ -72,6 +72,17 @@ def parse_canvas(text: str | Sequence[int]) -> tuple[int, int]:
   return hw
 
 
+def check_arguments(formats, canvas, output_dir: str, overwrite: bool):
+  """(formats, canvas) parsed (a canvas of None stays None); an existing
+  ``output_dir`` is refused unless ``overwrite``. Cheap, so callers can fail
+  before loading a model."""
+  formats = parse_formats(formats)
+  canvas = parse_canvas(canvas) if canvas is not None else None
+  if os.path.exists(output_dir) and not overwrite:
+    raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+  return formats, canvas
+
+
 def label_table(num_classes: int, label_to_category_id: Mapping[int, int] | None) -> np.ndarray:
   """int32 [K]: label -> category id (identity for coco_ids label spaces;
   background stays 0)."""
@@ -189,13 +200,11 @@ def export(model, variables, spec: InputSpec, *, class_names: Sequence[str],
            platforms: Sequence[str] = ("cpu", "cuda")) -> dict:
   """Writes the artifacts of ``formats`` and ``export.json`` into
   ``output_dir``; returns the export.json contents."""
-  formats = parse_formats(formats)
-  canvas = parse_canvas(canvas if canvas is not None else spec.canvases[0])
+  formats, canvas = check_arguments(formats, canvas, output_dir, overwrite)
+  canvas = canvas or parse_canvas(spec.canvases[0])
   if batch < 1:
     raise ValueError(f"--batch must be >= 1, got {batch}")
-  if os.path.exists(output_dir):
-    if not overwrite:
-      raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+  if os.path.exists(output_dir):  # allowed by overwrite
     shutil.rmtree(output_dir)
   os.makedirs(output_dir)
   table = label_table(len(class_names), label_to_category_id)
