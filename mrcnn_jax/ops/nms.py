@@ -99,3 +99,20 @@ def batched_nms(boxes, scores, classes, iou_threshold: float, max_output: int,
   return nms(boxes, scores, iou_threshold, max_output, valid=valid,
              classes=classes)
 
+
+def nms_per_image(boxes, scores, iou_threshold: float, max_output: int, valid,
+                  classes=None):
+  """``nms`` on each image of a batch: boxes [B, N, 4] xyxy, scores, valid
+  (and optionally classes) [B, N] -> (indices [B, K], valid [B, K]).
+
+  One ``while_loop`` per image (B is static) instead of a ``vmap`` of one.
+  A vmapped loop runs until the slowest image is done, selects every state
+  update per image, and turns each read and write of one box into a batched
+  gather / scatter; separate loops stay plain dynamic reads and writes of
+  one row, which ONNX converters translate (``mrcnn_jax.export``).
+  """
+  outs = [nms(boxes[i], scores[i], iou_threshold, max_output, valid=valid[i],
+              classes=None if classes is None else classes[i])
+          for i in range(boxes.shape[0])]
+  return jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
+

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mrcnn_jax.ops import boxes as box_ops
-from mrcnn_jax.ops.nms import batched_nms, nms
+from mrcnn_jax.ops.nms import nms_per_image
 
 
 def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
@@ -55,8 +55,7 @@ def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
     scores = jax.nn.sigmoid(top_logits)
     valid = box_ops.min_side_ok(boxes, min_size) & (scores >= score_threshold)
     keep_n = min(post_nms_topk, k)
-    idx, kvalid = jax.vmap(lambda b, s, v: nms(b, s, nms_threshold, keep_n, valid=v))(
-        boxes, scores, valid)
+    idx, kvalid = nms_per_image(boxes, scores, nms_threshold, keep_n, valid)
     all_boxes.append(jnp.take_along_axis(boxes, idx[..., None], axis=1))
     all_scores.append(jnp.take_along_axis(scores, idx, axis=1))
     all_valid.append(kvalid)
@@ -123,9 +122,8 @@ def detect_boxes(class_logits, box_deltas, proposals, proposals_valid, image_siz
   cscores = jnp.take_along_axis(scores, cand, axis=1)
   clabels = jnp.take_along_axis(labels, cand, axis=1)
   cvalid = jnp.take_along_axis(valid, cand, axis=1)
-  idx, dvalid = jax.vmap(
-      lambda bb, s, c, v: batched_nms(bb, s, c, nms_threshold, detections_per_image, valid=v)
-  )(cboxes, cscores, clabels, cvalid)
+  idx, dvalid = nms_per_image(cboxes, cscores, nms_threshold, detections_per_image, cvalid,
+                              classes=clabels)
   d_boxes = jnp.take_along_axis(cboxes, idx[..., None], axis=1)
   return {
       "boxes": jnp.where(dvalid[..., None], d_boxes, 0.0),
