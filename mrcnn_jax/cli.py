@@ -7,7 +7,7 @@
   mrcnn-jax convert  --checkpoint FILE.pth --output DIR [--kind maskrcnn|backbone]
                      [--config experiments/mask_rcnn_r50_fpn.py]
   mrcnn-jax export   [--config ...] (--workdir DIR | --checkpoint PATH) --output OUT
-                     [--formats stablehlo,savedmodel] [--batch N] [--canvas HxW]
+                     [--formats stablehlo,savedmodel,onnx] [--batch N] [--canvas HxW]
 
 ``train`` with no arguments trains the built-in shapes experiment into
 ``./workdir/shapes`` and then evaluates it; running it again resumes.
@@ -201,13 +201,13 @@ def main(argv=None):
   p.add_argument("--kind", choices=("maskrcnn", "backbone"), default="maskrcnn")
   p.add_argument("--config", default=None, help="default: experiments/mask_rcnn_r50_fpn.py")
   p.set_defaults(fn=cmd_convert)
-  p = sub.add_parser("export", help="export a checkpoint as StableHLO / TF SavedModel")
+  p = sub.add_parser("export", help="export a checkpoint as StableHLO / TF SavedModel / ONNX")
   p.add_argument("--config", default=None)
   p.add_argument("--workdir", default=None)
   p.add_argument("--checkpoint", default=None)
   p.add_argument("--output", required=True, help="folder for the artifacts and export.json")
-  p.add_argument("--formats", default="stablehlo,savedmodel",
-                 help="comma-separated: stablehlo, savedmodel")
+  p.add_argument("--formats", default="stablehlo,savedmodel,onnx",
+                 help="comma-separated: stablehlo, savedmodel, onnx (needs the export extra)")
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--canvas", default=None, help="HxW (default: the config's first canvas)")
   p.add_argument("--masks-canvas", action="store_true",

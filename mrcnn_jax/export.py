@@ -21,6 +21,8 @@ Formats (``FORMATS``):
               image_sizes)`` returns the output dict.
   savedmodel  ``saved_model/``: TF SavedModel (jax2tf, native
               serialization) with a ``serving_default`` signature.
+  onnx        ``model.onnx``: ONNX (opset 23) for onnxruntime, converted by
+              jax2onnx (the ``export`` extra) from the same program.
 
 Next to them: ``export.json`` (the interface, the resize rule, class names
 and category ids) and ``client.py`` (``mrcnn_jax/client.py``: numpy only,
@@ -33,6 +35,7 @@ the model has no export branches.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -46,7 +49,7 @@ from mrcnn_jax import client
 from mrcnn_jax.input_spec import SIZE_DIVISIBILITY, InputSpec
 from mrcnn_jax.ops.masks import paste_masks
 
-FORMATS = ("stablehlo", "savedmodel")
+FORMATS = ("stablehlo", "savedmodel", "onnx")
 EXPORT_VERSION = 1
 INPUTS = ("images", "image_sizes")
 
@@ -77,6 +80,9 @@ def check_arguments(formats, canvas, output_dir: str, overwrite: bool):
   ``output_dir`` is refused unless ``overwrite``. Cheap, so callers can fail
   before loading a model."""
   formats = parse_formats(formats)
+  if "onnx" in formats and importlib.util.find_spec("jax2onnx") is None:
+    raise ImportError("the onnx format needs jax2onnx and onnxruntime: pip install "
+                      "'mrcnn_jax[export]' (or leave it out: --formats stablehlo,savedmodel)")
   canvas = parse_canvas(canvas) if canvas is not None else None
   if os.path.exists(output_dir) and not overwrite:
     raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
@@ -144,22 +150,33 @@ def _stablehlo_target(version: str):
   its own, older StableHLO (1.13.7 in TF 2.21 next to 1.15 from JAX 0.10),
   which cannot read newer ops (``lax.top_k`` became a composite). This
   replaces a private JAX hook for the duration of one export; without it
-  the SavedModel loads but fails at its first call."""
-  from jax._src import xla_bridge
-  from jax._src.export import _export
-  from jax._src.lib import _jax
-  original = getattr(_export, "_module_to_bytecode", None)
-  if original is None:
-    raise RuntimeError("this JAX version has no jax._src.export._export._module_to_bytecode; "
-                       "mrcnn_jax.export needs updating for it")
+  the SavedModel loads but fails at its first call. Yields the list of
+  serializations made through it, so that a JAX that stopped calling the
+  hook is an error at export time, not at the client's first call."""
+  try:
+    from jax._src import xla_bridge
+    from jax._src.export import _export
+    from jax._src.lib import _jax
+    original = _export._module_to_bytecode
+    serialize = _jax.mlir.serialize_portable_artifact
+    with_sdy = xla_bridge.get_backend().serialize_with_sdy
+  except (ImportError, AttributeError) as e:
+    raise RuntimeError(
+        f"the TF SavedModel is serialized for TensorFlow's StableHLO {version} through a "
+        f"private JAX hook (jax._src.export._export._module_to_bytecode and "
+        f"jax._src.lib._jax.mlir.serialize_portable_artifact) that JAX {jax.__version__} "
+        f"does not have ({e}); mrcnn_jax.export._stablehlo_target needs updating for it. "
+        "The other formats do not use it: --formats stablehlo,onnx") from e
+
+  calls = []
 
   def to_bytecode(module):
-    return _jax.mlir.serialize_portable_artifact(
-        module, version, xla_bridge.get_backend().serialize_with_sdy)
+    calls.append(version)
+    return serialize(module, version, with_sdy)
 
   _export._module_to_bytecode = to_bytecode
   try:
-    yield
+    yield calls
   finally:
     _export._module_to_bytecode = original
 
@@ -176,8 +193,138 @@ def export_savedmodel(serve, batch: int, canvas, path: str,
       lambda images, image_sizes: converted(images, image_sizes), autograph=False,
       input_signature=[tf.TensorSpec((batch,) + tuple(canvas) + (3,), tf.uint8, name="images"),
                        tf.TensorSpec((batch, 2), tf.int32, name="image_sizes")])
-  with _stablehlo_target(tf_stablehlo.get_current_version()):
+  version = tf_stablehlo.get_current_version()
+  with _stablehlo_target(version) as calls:
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+  if not calls:
+    raise RuntimeError(
+        f"JAX {jax.__version__} serialized the SavedModel's program without the hook "
+        "mrcnn_jax.export._stablehlo_target replaces, so it is not readable by TensorFlow's "
+        f"StableHLO {version}; the export needs updating for this JAX")
+
+
+# Call-like primitives replayed inline, with the jaxpr that computes their
+# value: custom derivatives (ops.conv's kernel gradient, jax.nn's
+# activations) mean nothing to an inference graph, and nested jits are
+# flattened so that no custom derivative hides inside one.
+_INLINE = {"custom_vjp_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
+           "jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr"}
+
+
+def _eval_forward(jaxpr, consts, *args):
+  """``jax.core.eval_jaxpr``, with the primitives of ``_INLINE`` replaced by
+  the equations of their inner jaxpr (recursively): the forward pass as
+  plain primitives and control flow."""
+  env = {}
+
+  def read(v):
+    return v.val if type(v).__name__ == "Literal" else env[v]
+
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x in zip(jaxpr.invars, args):
+    env[v] = x
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    if name in _INLINE:
+      inner = eqn.params.get(_INLINE[name])
+      if inner is None or not hasattr(inner, "jaxpr"):
+        raise RuntimeError(f"{name} has no closed jaxpr {_INLINE[name]!r} in JAX "
+                           f"{jax.__version__}; mrcnn_jax.export._INLINE needs updating")
+      outs = _eval_forward(inner.jaxpr, inner.consts, *invals)
+    else:
+      outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+      outs = outs if eqn.primitive.multiple_results else [outs]
+    for v, x in zip(eqn.outvars, outs):
+      env[v] = x
+  return [read(v) for v in jaxpr.outvars]
+
+
+def export_onnx(serve, batch: int, canvas, path: str, output_names: Sequence[str]):
+  """ONNX through jax2onnx, which converts a jaxpr's primitives one by one.
+
+  jax2onnx is given the program as a replay of its jaxpr, not the model
+  itself: while tracing it swaps Flax's own layers (``nn.Conv``,
+  ``nn.max_pool``, ...) for its plugins, which would convert a different
+  program from the one the other formats export (and its ``max_pool``
+  patch rejects positional arguments). Replayed, the graph holds exactly
+  the primitives of ``jax.make_jaxpr(serve)``, custom derivatives reduced
+  to their forward pass.
+  """
+  from jax2onnx import to_onnx  # the export extra (check_arguments says so when missing)
+  names = list(output_names)
+  closed = jax.make_jaxpr(lambda images, sizes: [serve(images, sizes)[k] for k in names])(
+      *_spec_args(batch, canvas))
+
+  def replay(images, image_sizes):
+    return tuple(_eval_forward(closed.jaxpr, closed.consts, images, image_sizes))
+
+  with _jax2onnx_speedups():
+    to_onnx(replay, inputs=list(_spec_args(batch, canvas)), model_name="mrcnn_jax",
+            input_names=list(INPUTS), output_names=names, return_mode="file",
+            output_path=path)
+
+
+def _in_graph(value, graph) -> bool:
+  """Whether an onnx_ir value is produced by a node of ``graph`` (O(1))."""
+  producer = value.producer() if hasattr(value, "producer") else None
+  return producer is not None and graph is not None and producer.graph is graph
+
+
+def _fast_value_is_graph_connected(original):
+  def connected(ctx, value):
+    return _in_graph(value, getattr(ctx.builder, "nodes", None)) or original(ctx, value)
+  return connected
+
+
+def _fast_producer_node(original):
+  def producer_node(nodes, value_or_name):
+    if not hasattr(value_or_name, "producer"):  # a name: the original's scan
+      return original(nodes, value_or_name)
+    producer = value_or_name.producer()
+    if producer is None:  # a graph input or initializer: no node produces it
+      return None
+    if nodes and _in_graph(value_or_name, nodes[0].graph):
+      return producer
+    return original(nodes, value_or_name)
+  return producer_node
+
+
+# jax2onnx (0.17) functions that find a value's producer by scanning every
+# node of the graph, once per equation while lowering and once per value in
+# its optimisation passes: quadratic in the graph's size (the tiny test
+# model's conversion took over 15 minutes). An onnx_ir value knows its
+# producer and a node its graph, so a faster check answers first and the
+# original runs only when it says no. (module, function, faster version)
+_JAX2ONNX_SPEEDUPS = (
+    ("jax2onnx.converter.output_binding", "_value_is_graph_connected",
+     _fast_value_is_graph_connected),
+    ("jax2onnx.converter.optimizer_graph_utils", "_producer_node", _fast_producer_node),
+    ("jax2onnx.converter.ir_optimizations", "_producer_node", _fast_producer_node),
+    ("jax2onnx.converter.conv_transpose_bias_folding", "_producer_node", _fast_producer_node),
+)
+
+
+@contextlib.contextmanager
+def _jax2onnx_speedups():
+  """Installs ``_JAX2ONNX_SPEEDUPS`` for one conversion; a module or
+  function a jax2onnx version does not have is left alone."""
+  saved = []
+  for module_name, name, faster in _JAX2ONNX_SPEEDUPS:
+    try:
+      module = importlib.import_module(module_name)
+    except ImportError:
+      continue
+    original = getattr(module, name, None)
+    if original is not None:
+      saved.append((module, name, original))
+      setattr(module, name, faster(original))
+  try:
+    yield
+  finally:
+    for module, name, original in saved:
+      setattr(module, name, original)
 
 
 def describe(outputs: Mapping[str, Any]) -> dict:
@@ -218,6 +365,9 @@ def export(model, variables, spec: InputSpec, *, class_names: Sequence[str],
   if "savedmodel" in formats:
     export_savedmodel(serve, batch, canvas, os.path.join(output_dir, "saved_model"), platforms)
     files["savedmodel"] = "saved_model"
+  if "onnx" in formats:
+    export_onnx(serve, batch, canvas, os.path.join(output_dir, "model.onnx"), list(outputs))
+    files["onnx"] = "model.onnx"
   info = {
       "format_version": EXPORT_VERSION,
       "config": config_name,

@@ -1,7 +1,8 @@
 """Export on a tiny model (the torchvision-layout fixture converted, score
-threshold 0 so there are detections): StableHLO and TF SavedModel artifacts,
-each loaded in a subprocess that never imports mrcnn_jax, give the JAX
-model's detections; bad arguments are clear errors."""
+threshold 0 so there are detections): StableHLO, TF SavedModel and ONNX
+artifacts, exported once for the module, each loaded in a subprocess that
+never imports mrcnn_jax, give the JAX model's detections; bad arguments are
+clear errors."""
 
 import json
 import os
@@ -40,6 +41,12 @@ LOADERS = {
         "import tensorflow as tf\n"
         "fn = tf.saved_model.load(os.path.join(d, 'saved_model')).signatures['serving_default']\n"
         "out = fn(images=tf.constant(images), image_sizes=tf.constant(sizes))\n"),
+    "onnx": (
+        "import onnxruntime as ort\n"
+        "sess = ort.InferenceSession(os.path.join(d, 'model.onnx'),\n"
+        "                            providers=['CPUExecutionProvider'])\n"
+        "out = dict(zip([o.name for o in sess.get_outputs()],\n"
+        "               sess.run(None, {'images': images, 'image_sizes': sizes})))\n"),
 }
 
 
@@ -92,7 +99,7 @@ def test_export_json_describes_the_interface(exported):
   assert info["inputs"]["images"]["shape"] == [2, 64, 64, 3]
   assert info["outputs"]["labels"]["dtype"] == "int32"
   assert info["category_ids"] == [0, 7, 8, 9] and info["platforms"] == ["cpu", "cuda"]
-  assert set(info["files"]) == {"stablehlo", "savedmodel"}
+  assert set(info["files"]) == {"stablehlo", "savedmodel", "onnx"}
 
 
 @pytest.mark.parametrize("fmt", sorted(LOADERS))
@@ -113,6 +120,7 @@ def test_artifact_runs_without_mrcnn_jax(exported, fmt, tmp_path):
   subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path), env=env)
   got = dict(np.load(tmp_path / "out.npz"))
   assert set(got) == set(ref)
+  assert {k: v.dtype for k, v in got.items()} == {k: v.dtype for k, v in ref.items()}
   np.testing.assert_array_equal(got["valid"], ref["valid"])
   np.testing.assert_array_equal(got["labels"], ref["labels"])
   np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1e-3)
@@ -146,3 +154,26 @@ def test_cli_checks_arguments_before_loading_anything(exported, tmp_path):
     cli.main(base + ["--output", str(tmp_path / "o"), "--canvas", "65x64"])
   with pytest.raises(FileExistsError, match="--overwrite"):
     cli.main(base + ["--output", out_dir])
+
+
+def test_cli_names_what_does_not_fit_the_config(tmp_path):
+  from mrcnn_jax import checkpoints, cli
+  c = tiny_config()
+  template = variables_template(experiment.build_model(c))
+  ckpt = str(tmp_path / "converted")
+  checkpoints.save_variables(ckpt, convert_state_dict(load_torch_state_dict(FIXTURE), template))
+  cfg = tmp_path / "tiny.py"
+  cfg.write_text("from helpers import tiny_config\n\ndef get_config():\n  return tiny_config()\n")
+  with pytest.raises(ValueError, match=r"does not fit the model(.|\n)*mis-shaped(.|\n)*"
+                                       r"box_head/head/fc6/kernel"):
+    cli.main(["export", "--config", str(cfg), "--checkpoint", ckpt, "--output",
+              str(tmp_path / "o"), "--config.model.roi_heads.box.fc_dim=48"])
+  assert not os.path.exists(tmp_path / "o")
+
+
+def test_savedmodel_hook_missing_is_a_clear_error(monkeypatch):
+  from jax._src.export import _export
+  monkeypatch.delattr(_export, "_module_to_bytecode")
+  with pytest.raises(RuntimeError, match="private JAX hook"):
+    with export._stablehlo_target("1.0.0"):
+      pass
