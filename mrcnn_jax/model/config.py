@@ -28,9 +28,10 @@ from mrcnn_jax.model.resnet import ResNet
 from mrcnn_jax.model.roi_heads import BoxRoIHead, MaskRoIHead, Pooler, RoISampler
 from mrcnn_jax.model.rpn import RPN
 
-# Fields set by the model as a whole, not per part.
+# Fields set by the model as a whole, not per part (and per_image_nms, which
+# only mrcnn_jax.export sets).
 _NOT_CONFIG = ("parent", "name", "dtype", "axis_name", "num_classes", "head", "predictor",
-               "pooler")
+               "pooler", "per_image_nms")
 POOLER_FIELDS = ("sampling_ratio", "aligned", "canonical_scale", "canonical_level")
 
 NUM_CLASSES = 91  # COCO's 90 category slots + background, as torchvision

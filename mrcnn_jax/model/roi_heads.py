@@ -109,6 +109,8 @@ class BoxRoIHead(nn.Module):
   detections_per_image: int = 100
   min_size: float = 1e-2
   candidates: int = 4000
+  # see RPN.per_image_nms (export to ONNX only; not a config field)
+  per_image_nms: bool = False
 
   def __call__(self, features, rois, canvas_size, train: bool = False):
     """RoIs [B, R, 4] -> class logits [B, R, K], deltas [B, R, K, 4]."""
@@ -121,7 +123,8 @@ class BoxRoIHead(nn.Module):
         class_logits, deltas, proposals["boxes"], proposals["valid"], image_sizes,
         bbox_reg_weights=tuple(self.bbox_reg_weights), score_threshold=self.score_threshold,
         nms_threshold=self.nms_threshold, detections_per_image=self.detections_per_image,
-        min_size=self.min_size, candidates_per_image=self.candidates)
+        min_size=self.min_size, candidates_per_image=self.candidates,
+        per_image_nms=self.per_image_nms)
 
   @staticmethod
   def losses(outputs) -> dict:

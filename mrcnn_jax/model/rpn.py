@@ -41,6 +41,9 @@ class RPN(nn.Module):
   nms_threshold: float = 0.7
   min_size: float = 1e-3
   score_threshold: float = 0.0
+  # one NMS loop per image instead of a vmapped one (same proposals): set by
+  # mrcnn_jax.export for ONNX only; not a config field
+  per_image_nms: bool = False
   # training targets
   fg_iou: float = 0.7
   bg_iou: float = 0.3
@@ -87,7 +90,7 @@ class RPN(nn.Module):
         pre_nms_topk=self.pre_nms_topk_train if train else self.pre_nms_topk_test,
         post_nms_topk=self.post_nms_topk_train if train else self.post_nms_topk_test,
         nms_threshold=self.nms_threshold, min_size=self.min_size,
-        score_threshold=self.score_threshold)
+        score_threshold=self.score_threshold, per_image_nms=self.per_image_nms)
 
   def targets(self, canvas_size, features, gt_boxes, gt_valid, keys):
     """Anchor labels [B, N] (1 fg, 0 bg, -1 ignored) and deltas [B, N, 4]

@@ -19,13 +19,14 @@ import jax
 import jax.numpy as jnp
 
 from mrcnn_jax.ops import boxes as box_ops
-from mrcnn_jax.ops.nms import nms_per_image
+from mrcnn_jax.ops.nms import batched_nms, nms, nms_per_image
 
 
 def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
                   anchors_per_level: Sequence, image_sizes, *, pre_nms_topk: int,
                   post_nms_topk: int, nms_threshold: float = 0.7,
-                  min_size: float = 1e-3, score_threshold: float = 0.0):
+                  min_size: float = 1e-3, score_threshold: float = 0.0,
+                  per_image_nms: bool = False):
   """RPN outputs -> top proposals per image.
 
   Args:
@@ -35,6 +36,7 @@ def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
     image_sizes: [B, 2] true (h, w) of each image; proposals are clipped to it.
     pre_nms_topk: candidates per level before NMS.
     post_nms_topk: P, proposals kept per image over all levels.
+    per_image_nms: see ``detect_boxes``.
 
   Returns:
     dict with ``boxes`` [B, P, 4], ``scores`` [B, P] (sigmoid objectness),
@@ -55,7 +57,11 @@ def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
     scores = jax.nn.sigmoid(top_logits)
     valid = box_ops.min_side_ok(boxes, min_size) & (scores >= score_threshold)
     keep_n = min(post_nms_topk, k)
-    idx, kvalid = nms_per_image(boxes, scores, nms_threshold, keep_n, valid)
+    if per_image_nms:
+      idx, kvalid = nms_per_image(boxes, scores, nms_threshold, keep_n, valid)
+    else:
+      idx, kvalid = jax.vmap(lambda b, s, v: nms(b, s, nms_threshold, keep_n, valid=v))(
+          boxes, scores, valid)
     all_boxes.append(jnp.take_along_axis(boxes, idx[..., None], axis=1))
     all_scores.append(jnp.take_along_axis(scores, idx, axis=1))
     all_valid.append(kvalid)
@@ -80,7 +86,8 @@ def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
 def detect_boxes(class_logits, box_deltas, proposals, proposals_valid, image_sizes, *,
                  bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, detections_per_image: int = 100,
-                 min_size: float = 1e-2, candidates_per_image: int = 4000):
+                 min_size: float = 1e-2, candidates_per_image: int = 4000,
+                 per_image_nms: bool = False):
   """Box-head outputs -> final detections per image.
 
   Args:
@@ -90,6 +97,11 @@ def detect_boxes(class_logits, box_deltas, proposals, proposals_valid, image_siz
     image_sizes: [B, 2] true (h, w).
     candidates_per_image: how many (box, class) candidates above the score
       threshold enter class-aware NMS, best first.
+    per_image_nms: False (training, evaluation, predict): one ``vmap``ped
+      NMS loop for the batch. True: one loop per image (``ops.nms.
+      nms_per_image``), the same results; only ``mrcnn_jax.export`` sets it,
+      for ONNX, whose converter cannot translate the vmapped loop's batched
+      scatter.
 
   Greedy NMS decides a box's fate from higher-scoring boxes only, so NMS over
   the best ``candidates_per_image`` candidates keeps exactly the survivors
@@ -122,8 +134,13 @@ def detect_boxes(class_logits, box_deltas, proposals, proposals_valid, image_siz
   cscores = jnp.take_along_axis(scores, cand, axis=1)
   clabels = jnp.take_along_axis(labels, cand, axis=1)
   cvalid = jnp.take_along_axis(valid, cand, axis=1)
-  idx, dvalid = nms_per_image(cboxes, cscores, nms_threshold, detections_per_image, cvalid,
-                              classes=clabels)
+  if per_image_nms:
+    idx, dvalid = nms_per_image(cboxes, cscores, nms_threshold, detections_per_image, cvalid,
+                                classes=clabels)
+  else:
+    idx, dvalid = jax.vmap(
+        lambda bb, s, c, v: batched_nms(bb, s, c, nms_threshold, detections_per_image, valid=v)
+    )(cboxes, cscores, clabels, cvalid)
   d_boxes = jnp.take_along_axis(cboxes, idx[..., None], axis=1)
   return {
       "boxes": jnp.where(dvalid[..., None], d_boxes, 0.0),
