@@ -283,10 +283,66 @@ def _in_graph(value, graph) -> bool:
   return producer is not None and graph is not None and producer.graph is graph
 
 
+def _initializer_table(ctx):
+  """{name: value} of the initializers of the graph a jax2onnx context is
+  building (onnx_ir keeps them in a dict), or None where it is not one."""
+  table = getattr(getattr(getattr(ctx, "builder", None), "graph", None), "initializers", None)
+  return table if isinstance(table, Mapping) else None
+
+
+def _is_initializer(ctx, value) -> bool:
+  table = _initializer_table(ctx)
+  name = getattr(value, "name", None)
+  return table is not None and bool(name) and name in table
+
+
 def _fast_value_is_graph_connected(original):
   def connected(ctx, value):
-    return _in_graph(value, getattr(ctx.builder, "nodes", None)) or original(ctx, value)
+    return (_in_graph(value, getattr(ctx.builder, "nodes", None)) or _is_initializer(ctx, value)
+            or original(ctx, value))
   return connected
+
+
+def _fast_materialize_constant_array(original):
+  """jax2onnx's ``broadcast_in_dim`` lowering asks, for each operand, for
+  its constant value: the value's own, an initializer's of the same name
+  (which it finds by listing every initializer, twice), or what its
+  producer computes from constants (Cast, CastLike, Reshape, Constant).
+  This answers the initializer part from the graph's dict by name and
+  leaves the rest to the same module's helpers."""
+  import sys
+  module = sys.modules[original.__module__]
+  value_to_numpy = module._value_to_numpy
+  node_constant_array = module._node_constant_array
+  get_attr = module._iro_get_attr
+
+  def materialize(ctx, value, seen=None):
+    table = _initializer_table(ctx)
+    if table is None:
+      return original(ctx, value, seen)
+    arr = value_to_numpy(value)
+    if arr is not None:
+      return arr
+    name = getattr(value, "name", None)
+    if name and name in table:
+      arr = value_to_numpy(table[name])
+      if arr is not None:
+        return arr
+    producer = getattr(value, "producer", None)
+    try:
+      node = producer() if callable(producer) else None
+    except Exception:  # noqa: BLE001 -- as the original: no producer, no constant
+      node = None
+    seen = set() if seen is None else seen
+    if node is None or node in seen:
+      return None
+    seen.add(node)
+    arr = node_constant_array(ctx, node, value, seen)
+    if arr is None and getattr(node, "op_type", "") == "Constant":
+      attr = get_attr(node, "value")
+      arr = value_to_numpy(attr) if attr is not None else None
+    return arr
+  return materialize
 
 
 def _fast_producer_node(original):
@@ -302,18 +358,22 @@ def _fast_producer_node(original):
   return producer_node
 
 
-# jax2onnx (0.17) functions that find a value's producer by scanning every
-# node of the graph, once per equation while lowering and once per value in
-# its optimisation passes: quadratic in the graph's size (the tiny test
-# model's conversion took over 15 minutes). An onnx_ir value knows its
-# producer and a node its graph, so a faster check answers first and the
-# original runs only when it says no. (module, function, faster version)
+# jax2onnx (0.17) functions that find a value's producer or an initializer
+# by scanning every node or initializer of the graph, once per equation
+# while lowering and once per value in its optimisation passes: quadratic in
+# the graph's size (the tiny test model's conversion took over 15 minutes;
+# its graph has ~34k nodes and ~22k initializers). An onnx_ir value knows
+# its producer, a node its graph, and the graph keeps its initializers by
+# name, so a faster check answers first and the original runs only when it
+# says no. (module, function, faster version)
 _JAX2ONNX_SPEEDUPS = (
     ("jax2onnx.converter.output_binding", "_value_is_graph_connected",
      _fast_value_is_graph_connected),
     ("jax2onnx.converter.optimizer_graph_utils", "_producer_node", _fast_producer_node),
     ("jax2onnx.converter.ir_optimizations", "_producer_node", _fast_producer_node),
     ("jax2onnx.converter.conv_transpose_bias_folding", "_producer_node", _fast_producer_node),
+    ("jax2onnx.plugins.jax.lax.broadcast_in_dim", "_materialize_constant_array",
+     _fast_materialize_constant_array),
 )
 
 
