@@ -312,9 +312,12 @@ def _fast_materialize_constant_array(original):
   leaves the rest to the same module's helpers."""
   import sys
   module = sys.modules[original.__module__]
-  value_to_numpy = module._value_to_numpy
-  node_constant_array = module._node_constant_array
-  get_attr = module._iro_get_attr
+  try:
+    value_to_numpy = module._value_to_numpy
+    node_constant_array = module._node_constant_array
+    get_attr = module._iro_get_attr
+  except AttributeError:  # another jax2onnx layout: keep its own function
+    return original
 
   def materialize(ctx, value, seen=None):
     table = _initializer_table(ctx)
