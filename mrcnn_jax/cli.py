@@ -89,12 +89,13 @@ def _setup_logging():
 
 
 def cmd_train(args, overrides):
-  from mrcnn_jax import evaluate, experiment, train
+  from mrcnn_jax import checkpoints, evaluate, experiment, train
   config = apply_overrides(load_config(args.config), overrides)
   workdir = args.workdir or os.path.join("workdir", os.path.splitext(
       os.path.basename(args.config or DEFAULT_CONFIG))[0])
+  checkpoints.check_writable(workdir)  # before preparing a dataset
   info = experiment.dataset_info(config)
-  state = train.train(config, workdir, info=info)
+  state = train.train(config, workdir, info=info, check_eval=not args.no_eval)
   if not args.no_eval:
     metrics = evaluate.evaluate_workdir(config, workdir, state=state, info=info)
     print({k: round(v, 2) for k, v in metrics.items()})
