@@ -111,14 +111,10 @@ def load_config(path: str, overrides: list[str]):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = mod.get_config()
-  for item in overrides:
-    key, _, value = item.partition("=")
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = json.loads(value)
-  return config
+  # The CLI's rule: an unknown key or a mistyped value stops with the key
+  # named (a plain ConfigDict assignment would add a misspelt field silently).
+  from mrcnn_jax.cli import apply_overrides
+  return apply_overrides(config, [f"--config.{item}" for item in overrides])
 
 
 # ============================================================================
@@ -387,8 +383,9 @@ def parse_args(argv):
   p.add_argument("--framework", choices=("both", "jax", "torch"), default="both")
   p.add_argument("--config", default=os.path.join(ROOT, "experiments",
                                                   "mask_rcnn_r50_fpn_1x.py"))
-  p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                 help="config override, e.g. --set model.roi_heads.batch_per_image=256")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override as mrcnn-jax's --config.KEY=VALUE (a Python literal), "
+                      "e.g. --set model.roi_heads.batch_per_image=256")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--canvas", default="512x512", help="HxW, multiples of 32")
   p.add_argument("--boxes", type=int, default=4, help="objects per image")
