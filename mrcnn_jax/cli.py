@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import importlib.util
 import logging
 import os
@@ -56,28 +57,64 @@ def load_config(path: str | None) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+class ConfigOverrideError(ValueError):
+  """A ``--config.KEY=VALUE`` that names no field of the config, or a value
+  of the wrong type; the message names the key."""
+
+
+def _field_names(node) -> list[str]:
+  return sorted(node.keys()) if isinstance(node, (ml_collections.ConfigDict, dict)) else []
+
+
+def _no_field(key: str, where: str, name: str, node) -> ConfigOverrideError:
+  fields = _field_names(node)
+  close = difflib.get_close_matches(name, fields, n=3)
+  hint = (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close
+          else f"; it has {fields[:30]}{' ...' if len(fields) > 30 else ''}")
+  return ConfigOverrideError(f"--config.{key}: {where} has no field {name!r}{hint}")
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
   """``--config.a.b=value`` -> config.a.b = literal_eval(value) (strings
-  need no quotes). Unknown keys are an error."""
+  need no quotes; a str field takes the text as written). A key the config
+  does not have, a value of another type than the field's, or replacing a
+  whole section raises :class:`ConfigOverrideError` naming the key; nothing
+  is added to the config or ignored."""
   for item in overrides:
     if not item.startswith("--config.") or "=" not in item:
-      raise ValueError(f"cannot parse override {item!r}; expected --config.KEY=VALUE")
+      raise ConfigOverrideError(f"cannot parse override {item!r}; expected "
+                                "--config.KEY=VALUE (one argument, with '=')")
     key, raw = item[len("--config."):].split("=", 1)
     try:
       value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
       value = raw
-    node = config
+    node, where = config, "config"
     *parents, leaf = key.split(".")
-    for p in parents:
-      if p not in node:
-        raise KeyError(f"--config.{key}: config has no field {p!r}")
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"--config.{key}: config has no field {leaf!r}")
-    if isinstance(node[leaf], float) and isinstance(value, int):
+    for name in parents + [leaf]:
+      if not isinstance(node, (ml_collections.ConfigDict, dict)):
+        raise ConfigOverrideError(f"--config.{key}: {where} is a {type(node).__name__} "
+                                  f"({node!r}), not a section with a field {name!r}")
+      if name not in node:
+        raise _no_field(key, where, name, node)
+      if name != leaf:
+        node, where = node[name], f"{where}.{name}"
+    old = node[leaf]
+    if isinstance(old, (ml_collections.ConfigDict, dict)):
+      raise ConfigOverrideError(f"--config.{key}: config.{key} is a section (fields "
+                                f"{_field_names(old)[:10]}); override its fields one by one")
+    field_type = (node.get_type(leaf) if isinstance(node, ml_collections.ConfigDict)
+                  else type(old))
+    if field_type is str and not isinstance(value, str):
+      value = raw  # e.g. --config.data.data_dir=2024
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
-    node[leaf] = value
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise ConfigOverrideError(
+          f"--config.{key}={raw}: config.{key} is a {field_type.__name__} (now {old!r}), "
+          f"got {value!r} ({type(value).__name__})") from e
   return config
 
 
@@ -88,9 +125,11 @@ def _setup_logging():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def cmd_train(args, overrides):
+def cmd_train(args):
+  from mrcnn_jax import runtime
+  config = args.loaded_config
+  runtime.configure_cpu_devices(config)  # before JAX's first computation
   from mrcnn_jax import checkpoints, evaluate, experiment, train
-  config = apply_overrides(load_config(args.config), overrides)
   workdir = args.workdir or os.path.join("workdir", os.path.splitext(
       os.path.basename(args.config or DEFAULT_CONFIG))[0])
   checkpoints.check_writable(workdir)  # before preparing a dataset
@@ -102,9 +141,11 @@ def cmd_train(args, overrides):
   print(f"workdir: {os.path.abspath(workdir)}")
 
 
-def cmd_evaluate(args, overrides):
+def cmd_evaluate(args):
+  from mrcnn_jax import runtime
+  config = args.loaded_config
+  runtime.configure_cpu_devices(config)  # before JAX's first computation
   from mrcnn_jax import evaluate
-  config = apply_overrides(load_config(args.config), overrides)
   if not args.workdir and not args.checkpoint:
     raise SystemExit("mrcnn-jax evaluate: give --workdir (a training run) or --checkpoint")
   workdir = args.workdir or os.path.join("workdir", "eval_" + os.path.basename(
@@ -113,9 +154,9 @@ def cmd_evaluate(args, overrides):
   print({k: round(v, 2) for k, v in metrics.items()})
 
 
-def cmd_predict(args, overrides):
+def cmd_predict(args):
   from mrcnn_jax import evaluate, experiment, predict
-  config = apply_overrides(load_config(args.config), overrides)
+  config = args.loaded_config
   if not args.workdir and not args.checkpoint:
     raise SystemExit("mrcnn-jax predict: give --workdir (a training run) or --checkpoint")
   predict.find_images(args.images)  # fail on bad inputs before loading the model
@@ -130,12 +171,12 @@ def cmd_predict(args, overrides):
         f"{len(summary['skipped'])} skipped -> {os.path.abspath(args.output)}")
 
 
-def cmd_convert(args, overrides):
+def cmd_convert(args):
   import jax
   from mrcnn_jax import checkpoints, experiment
   from mrcnn_jax.model import init_params, variables_template
   from mrcnn_jax.weights import load_torchvision_checkpoint
-  config = apply_overrides(load_config(args.config or "mask_rcnn_r50_fpn.py"), overrides)
+  config = args.loaded_config
   model = experiment.build_model(config)
   # A whole Mask R-CNN replaces every variable (a template is enough); a
   # backbone keeps the other parts' initial values.
@@ -148,11 +189,11 @@ def cmd_convert(args, overrides):
   print(f"converted {args.checkpoint} ({args.kind}, {n:,} values) -> {os.path.abspath(args.output)}")
 
 
-def cmd_export(args, overrides):
+def cmd_export(args):
   from mrcnn_jax import evaluate, experiment
   from mrcnn_jax import export as export_lib
   from mrcnn_jax.input_spec import InputSpec
-  config = apply_overrides(load_config(args.config), overrides)
+  config = args.loaded_config
   if not args.workdir and not args.checkpoint:
     raise SystemExit("mrcnn-jax export: give --workdir (a training run) or --checkpoint")
   # Fail on bad arguments before loading anything.
@@ -201,7 +242,7 @@ def main(argv=None):
   p.add_argument("--output", required=True, help="output directory (orbax)")
   p.add_argument("--kind", choices=("maskrcnn", "backbone"), default="maskrcnn")
   p.add_argument("--config", default=None, help="default: experiments/mask_rcnn_r50_fpn.py")
-  p.set_defaults(fn=cmd_convert)
+  p.set_defaults(fn=cmd_convert, default_config="mask_rcnn_r50_fpn.py")
   p = sub.add_parser("export", help="export a checkpoint as StableHLO / TF SavedModel")
   p.add_argument("--config", default=None)
   p.add_argument("--workdir", default=None)
@@ -217,8 +258,15 @@ def main(argv=None):
   p.set_defaults(fn=cmd_export)
   overrides = [a for a in argv if a.startswith("--config.")]
   args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+  # The config and its overrides are checked here, before any command starts
+  # (a typo such as --config.modle.depth=1 stops with the key named).
+  try:
+    args.loaded_config = apply_overrides(
+        load_config(args.config or getattr(args, "default_config", None)), overrides)
+  except (ConfigOverrideError, FileNotFoundError) as e:
+    sub.choices[args.command].error(str(e))  # exits with status 2
   _setup_logging()
-  args.fn(args, overrides)
+  args.fn(args)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ import os
 from typing import Sequence
 
 import jax
-import numpy as np
 
-from mrcnn_jax import preprocess
+from mrcnn_jax import image_io, preprocess
 from mrcnn_jax.coco_eval import detections_to_coco
 from mrcnn_jax.client import to_original
 from mrcnn_jax.input_spec import InputSpec
@@ -53,7 +52,6 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
   arithmetic, the canvas of the image's orientation), so one program is
   compiled per canvas.
   """
-  from PIL import Image, UnidentifiedImageError
   from tqdm.auto import tqdm
 
   spec = InputSpec.from_config(config.data)
@@ -66,10 +64,9 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
   for path in tqdm(paths, desc="predict", unit="img"):
     image_id = len(images) + 1  # ids count the images read, 1-based
     try:
-      with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-      log.warning("skipping %s: cannot read it as an image (%s)", path, e)
+      rgb = image_io.read_rgb(path)  # the COCO builder's rule (16-bit, CMYK, ...)
+    except (OSError, ValueError) as e:
+      log.warning("skipped: %s", e)
       skipped.append(path)
       continue
     batch, sizes = preprocess.prepare_batch([rgb], spec)

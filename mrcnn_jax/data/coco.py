@@ -38,12 +38,14 @@ Features of one example (one image):
 =====================  =========================================================
 ``image``              the image file's own bytes when it is a JPEG or PNG, else
                        (BMP, GIF, TIFF, WebP, ...) re-encoded at build time as
-                       an RGB PNG. Decoded (by TFDS with ``decode=True``, or by
-                       the pipeline) with ``decode_image(channels=3)``, which
+                       an RGB PNG by ``mrcnn_jax.image_io`` (predict's rule).
+                       Decoded (by TFDS with ``decode=True``, or by the
+                       pipeline) with ``decode_image(channels=3)``, which
                        turns grayscale, palette, CMYK and 16-bit images into
-                       RGB and drops an alpha channel (not composited). EXIF
-                       orientation is ignored: annotations refer to the pixels
-                       as stored, as in the COCO json.
+                       RGB (16-bit: the high byte) and drops an alpha channel
+                       (not composited). EXIF orientation is ignored:
+                       annotations refer to the pixels as stored, as in the
+                       COCO json.
 ``image_id``           int64, the COCO ``images[].id`` (0 <= id < 2**31, the
                        pipeline's int32)
 ``file_name``          text, ``images[].file_name``
@@ -67,7 +69,8 @@ metadata (:func:`coco_class_names`, :func:`coco_label_map`) together with
 per-split counts of what was skipped (:func:`coco_split_stats`).
 
 Bad input is found at build time, in Python (preparation is the one-time
-step; the tf.data hot path then only sees data that decodes):
+step; the tf.data hot path then only sees data that decodes). README.md's
+"Bad input" has the whole table with the messages; in short:
 
 ===============================  ============================================
 missing annotation json          ``FileNotFoundError`` naming the path
@@ -86,9 +89,10 @@ the train and validation jsons
 missing image file(s)            ``FileNotFoundError`` before any example is
                                  written, naming the json, the image folder and
                                  the first missing files with their image ids
-corrupt / undecodable image,     ``ValueError`` naming the file and image id
-or size differing from the json  (checked by decoding it with TensorFlow's own
-                                 decoder, as the pipeline will)
+corrupt / truncated / empty      ``ValueError`` naming the file and image id
+image, or size differing from    (checked by decoding it with TensorFlow's own
+the json, or larger than PIL's   decoder, as the pipeline will)
+decompression-bomb limit
 unknown ``category_id``          skipped and counted; logged as "skipped N
                                  annotations with unknown category ids: [...]"
 unknown ``image_id``             skipped and counted; logged
@@ -101,7 +105,9 @@ coordinates or under 3 points    object keeps its other polygons); an object
 other malformed segmentation     ``ValueError`` naming the json and the
 (not a list of polygons nor an   annotation id: RLE ``size`` differing from the
 RLE dict, non-numeric or non-    image, ``counts`` that are not a valid RLE of
-finite coordinates, bad RLE)     ``height * width`` pixels, ...
+finite coordinates, a vertex     ``height * width`` pixels, ...
+more than one image size
+outside the image, bad RLE)
 ===============================  ============================================
 
 Images without annotations are kept (evaluation needs them); training can
@@ -130,6 +136,7 @@ from PIL import Image as PILImage
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mrcnn_jax import image_io
 from mrcnn_jax.data import hide_accelerators_from_tf
 from mrcnn_jax.data import coco_json
 from mrcnn_jax.data.coco_json import (CocoSource, LABEL_SPACES,
@@ -188,12 +195,18 @@ def _image_bytes(file_path: str,
   where = f"mrcnn_coco: image {file_path} (image id {image.id})"
   with open(file_path, "rb") as f:
     data = f.read()
+  if not data:
+    raise ValueError(f"{where} is empty (0 bytes)")
   try:
     with PILImage.open(io.BytesIO(data)) as pil:
       fmt = pil.format
       if fmt not in ("JPEG", "PNG"):
         pil.load()
-        data = png_bytes(np.asarray(pil.convert("RGB")))
+        data = png_bytes(image_io.to_rgb(pil, where))  # predict's rule
+  except ValueError as e:
+    if where in str(e):
+      raise
+    raise ValueError(f"{where} cannot be read as an image: {e}") from e
   except Exception as e:  # PIL raises many types for bad files.
     raise ValueError(f"{where} cannot be read as an image: {e}") from e
   # Decode with the pipeline's own decoder, so what passes here decodes there.
