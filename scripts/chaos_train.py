@@ -10,11 +10,14 @@ check that the run it finishes is bit for bit the uninterrupted run.
    kept and a TensorBoard event per step (``log_every=1``, so the steps
    reached are known to the step).
 2. The same command in a second workdir, sent SIGKILL ``--kills`` times, each
-   at a random moment: ``startup + U(0, 2 x training time / kills)`` after it
-   started, with the startup (time to the first step) and training time
-   measured on the reference run, so kills fall during start-up, steps and
-   checkpoint writes alike. After each kill it is started again; after the
-   last it runs to the end.
+   at a random moment ``U(startup / 2, startup + training time / kills)``
+   after it started, with the startup (time to the first step: compiling,
+   restoring) and the training time measured on the reference run, so kills
+   fall during start-up, steps and checkpoint writes alike, and the kills
+   together take about half the run (the last start runs to the end). After
+   each kill it is started again. ``--reuse-reference`` keeps a reference run
+   of the same command finished earlier in ``--workdir`` (its timings are
+   saved beside it) instead of training it again.
 3. Per kill: the last step finished before the kill (from its event file),
    the newest checkpoint it left, the step the next start resumed from (its
    log; none when that start was killed before restoring), and the steps
@@ -58,6 +61,8 @@ def parse_args(argv=None):
   p.add_argument("--workdir", default="/tmp/chaos_train")
   p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
   p.add_argument("--out", default=None, help="also write the JSON result here")
+  p.add_argument("--reuse-reference", action="store_true",
+                 help="keep a finished reference run of the same command in --workdir")
   args = p.parse_args(argv)
   args.extra = extra
   return args
@@ -131,16 +136,31 @@ def main(argv=None):
   from mrcnn_jax import checkpoints  # noqa: E402 (after arguments are checked)
   env = child_env(args)
   ref, chaos = os.path.join(args.workdir, "reference"), os.path.join(args.workdir, "chaos")
-  for d in (ref, chaos):
+  timing_path = os.path.join(args.workdir, "reference.json")
+  cmd = train_command(args, ref)
+  previous = None
+  if args.reuse_reference and os.path.exists(timing_path):
+    with open(timing_path) as f:
+      previous = json.load(f)
+    if previous.get("cmd") != cmd or args.total_steps not in checkpoints.train_steps(ref):
+      print("--reuse-reference: the reference in --workdir is of another command or "
+            "unfinished; training it again", flush=True)
+      previous = None
+  for d in (chaos,) if previous else (ref, chaos):
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
   rng = random.Random(args.seed)
 
-  print(f"reference run: {' '.join(train_command(args, ref))}", flush=True)
-  wall, rc, startup = run(train_command(args, ref), env, os.path.join(args.workdir, "ref.log"),
-                          watch=ref)
-  if rc != 0:
-    raise SystemExit(f"the reference run failed (rc {rc}); see {args.workdir}/ref.log")
+  if previous:
+    wall, startup = previous["wall_s"], previous["startup_s"]
+    print(f"reference run reused: {' '.join(cmd)}", flush=True)
+  else:
+    print(f"reference run: {' '.join(cmd)}", flush=True)
+    wall, rc, startup = run(cmd, env, os.path.join(args.workdir, "ref.log"), watch=ref)
+    if rc != 0:
+      raise SystemExit(f"the reference run failed (rc {rc}); see {args.workdir}/ref.log")
+    with open(timing_path, "w") as f:
+      json.dump({"cmd": cmd, "wall_s": wall, "startup_s": startup or 0.0}, f)
   startup = startup or 0.0
   training = max(wall - startup, 1.0)
   print(f"reference: {wall:.0f} s ({startup:.0f} s to the first step)", flush=True)
@@ -149,7 +169,8 @@ def main(argv=None):
   latest = lambda: (checkpoints.train_steps(chaos) or [0])[-1]
   for i in range(args.kills + 1):
     log_path = os.path.join(args.workdir, f"chaos_{i:02d}.log")
-    delay = None if i == args.kills else startup + rng.uniform(0, 2 * training / args.kills)
+    delay = None if i == args.kills else rng.uniform(startup / 2,
+                                                      startup + training / args.kills)
     old_events, start_step = event_files(chaos), latest()
     seconds, rc, _ = run(train_command(args, chaos), env, log_path, kill_after=delay)
     if i and "training on" in open(log_path, errors="replace").read():
@@ -165,7 +186,8 @@ def main(argv=None):
     # the last step finished before the kill, and the newest checkpoint left
     reached = max(steps_logged(chaos, skip=old_events), start_step)
     kept = latest()
-    kills.append({"kill": i + 1, "after_s": round(seconds, 1), "reached": reached,
+    kills.append({"kill": i + 1, "killed": rc == -signal.SIGKILL,
+                  "after_s": round(seconds, 1), "reached": reached,
                   "checkpoint_left": kept, "steps_lost": reached - kept,
                   "resumed_from": None})
     print(f"kill {i + 1}: after {seconds:.0f} s at step {reached}, newest checkpoint {kept}",
@@ -186,15 +208,17 @@ def main(argv=None):
   for k in kills:
     print(f"{k['kill']:>4} {k['after_s']:>8} {k['reached']:>8} {k['checkpoint_left']:>10} "
           f"{str(k['resumed_from']):>8} {k['steps_lost']:>5}")
-  lost = [k["steps_lost"] for k in kills]
-  print(f"steps lost per kill: mean {sum(lost) / len(lost):.1f}, max {max(lost)} "
-        f"(checkpoint every {args.checkpoint_every})")
+  lost = [k["steps_lost"] for k in kills if k["killed"]] or [0]
+  print(f"{sum(k['killed'] for k in kills)} of {len(kills)} starts killed (the others "
+        f"ended before their kill); steps lost per kill: mean {sum(lost) / len(lost):.1f}, "
+        f"max {max(lost)} (checkpoint every {args.checkpoint_every})")
   print(f"checkpoints compared: {len(common)}, differing: {differ or 'none'}; final state "
         f"(step {args.total_steps}) {'EQUAL' if final_equal else 'DIFFERENT'} to the "
         "uninterrupted run's")
   result = {"kills": kills, "total_steps": args.total_steps,
             "checkpoint_every": args.checkpoint_every, "reference_s": round(wall, 1),
-            "reference_startup_s": round(startup, 1), "checkpoints_compared": len(common),
+            "reference_startup_s": round(startup, 1), "reference_reused": bool(previous),
+            "checkpoints_compared": len(common),
             "checkpoints_differing": differ, "final_equal": final_equal,
             "damaged_checkpoints": damaged, "extra": args.extra, "devices": args.devices}
   line = json.dumps(result)
