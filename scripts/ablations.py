@@ -403,6 +403,19 @@ def parse_args(argv):
   return args
 
 
+def _what(argv):
+  """The arguments that say what was run (not where files went)."""
+  out, skip = [], False
+  for a in argv:
+    if skip:
+      skip = False
+    elif a in ("--out", "--workdir", "--data-dir"):
+      skip = True
+    elif not a.startswith(("--out=", "--workdir=", "--data-dir=")):
+      out.append(a)
+  return out
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
@@ -410,7 +423,7 @@ def main(argv=None):
     r50_timing(args)
     return
   if not args.report:
-    command = "python scripts/ablations.py " + " ".join(shlex.quote(a) for a in argv)
+    command = "python scripts/ablations.py " + " ".join(shlex.quote(a) for a in _what(argv))
     for g in args.groups:
       run_group(g, args, command.strip())
   print(write_report(args.out, list(GROUPS), args.seeds, args.quick))
