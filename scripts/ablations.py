@@ -339,8 +339,14 @@ def write_report(out: str, groups, seeds, quick: bool = False) -> str:
 
 def plot(tables: dict, path: str) -> None:
   """One panel per group: mask AP and box AP per variant, error bars the
-  standard deviation over seeds."""
-  import matplotlib
+  standard deviation over seeds. Needs matplotlib (``pip install
+  '.[ablations]'``); without it the report has no figure, and says so."""
+  try:
+    import matplotlib
+  except ImportError:
+    print(f"[ablations] matplotlib is not installed (pip install '.[ablations]'): "
+          f"{path} not written")
+    return
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   groups = list(tables)

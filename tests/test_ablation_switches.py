@@ -147,12 +147,21 @@ def test_res5_trunk_is_the_backbones_last_stage():
 # ---- whole models -------------------------------------------------------------
 
 def _run(model, rng, grads: bool):
-  """Inference shapes, and one training forward: finite losses, and (with
-  ``grads``) gradients reaching every parameter group."""
+  """Inference (detections and the mask logits of the detected boxes, in one
+  program), and one training forward: finite losses, and (with ``grads``)
+  gradients reaching every parameter group."""
   from helpers import synthetic_batch
   from mrcnn_jax import train
   v = init_params(model, jax.random.PRNGKey(0))
-  out = jax.jit(model.apply)(v, jnp.zeros((1, 64, 64, 3)), jnp.asarray([[64, 64]]))
+  x = jnp.asarray(rng.standard_normal((1, 64, 64, 3)), jnp.float32)
+
+  @jax.jit
+  def infer(v):
+    out = model.apply(v, x, jnp.asarray([[64, 64]]))
+    feats = model.apply(v, x, method=model.features)
+    return out, model.apply(v, feats, out["boxes"], (64, 64), method=model.mask_outputs)
+
+  out, logits = infer(v)
   b = synthetic_batch(rng, batch_dims=(2,))
 
   def loss(params):
@@ -168,7 +177,12 @@ def _run(model, rng, grads: bool):
     for name, tree in g.items():
       assert float(sum(jnp.abs(x).sum() for x in jax.tree_util.tree_leaves(tree))) > 0, name
   assert np.isfinite(float(total))
-  return v, out, ls
+  return v, out, logits, ls
+
+
+def _detected_channel(values, labels):
+  return np.take_along_axis(np.asarray(values), np.asarray(labels)[:, :, None, None, None],
+                            axis=-1)[..., 0]
 
 
 def test_c5_model_with_roi_pool_softmax_masks_and_mlp_head():
@@ -178,13 +192,15 @@ def test_c5_model_with_roi_pool_softmax_masks_and_mlp_head():
   model = build_model(cfg)
   assert isinstance(model.neck, LastLevel) and model.box_head.pooler.kind == "pool"
   # (the ops' gradients are checked on their own: test_roi_pool, the losses above)
-  v, out, ls = _run(model, np.random.default_rng(0), grads=False)
+  v, out, logits, ls = _run(model, np.random.default_rng(0), grads=False)
   assert set(v["params"]) == {"backbone", "rpn", "box_head", "mask_head"}  # no neck params
   assert "layer4_1" in v["params"]["backbone"]  # C5: the backbone keeps res5
   assert set(v["params"]["mask_head"]["head"]) == {"mask_fc1", "mask_fc_logits"}
   assert out["masks"].shape == (1, 10, 28, 28)  # pooled 14 -> 28, as the FCN's
-  m = np.asarray(out["masks"])
-  assert ((m >= 0) & (m <= 1)).all()
+  # softmax masks: the detected class's softmax probability of each pixel
+  np.testing.assert_allclose(
+      out["masks"], _detected_channel(jax.nn.softmax(logits, axis=-1), out["labels"]),
+      rtol=1e-5, atol=1e-6)
   assert set(ls) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
 
 
@@ -194,7 +210,10 @@ def test_c4_model_shares_the_res5_trunk():
                               box=dict(head="avgpool", pool_size=8),
                               mask=dict(conv_dims=(), pool_size=8)))
   model = build_model(cfg)
-  v, out, _ = _run(model, np.random.default_rng(1), grads=True)
+  v, out, logits, _ = _run(model, np.random.default_rng(1), grads=True)
+  np.testing.assert_allclose(  # sigmoid masks: the detected class's channel
+      out["masks"], jax.nn.sigmoid(_detected_channel(logits, out["labels"])), rtol=1e-5,
+      atol=1e-6)
   p = v["params"]
   assert not any(k.startswith("layer4") for k in p["backbone"])
   # One copy of res5, owned by the box head and used by the mask head too.
@@ -204,15 +223,9 @@ def test_c4_model_shares_the_res5_trunk():
   # box predictor on the averaged res5 output (8 * 8 channels for width 8)
   assert p["box_head"]["predictor"]["cls_score"]["kernel"].shape == (64, 4)
   assert out["masks"].shape == (1, 10, 8, 8)  # res5 halves 8 -> 4, deconv -> 8
-  # Changing the shared trunk changes the masks (it is on the mask path).
-  v2 = jax.tree_util.tree_map(lambda x: x, v)
-  v2["params"]["box_head"]["trunk"] = jax.tree_util.tree_map(
-      lambda x: x * 1.5, p["box_head"]["trunk"])
-  x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 64, 64, 3)), jnp.float32)
-  rois = jnp.asarray([[[4.0, 4.0, 40.0, 40.0]]])
-  masks = jax.jit(lambda v: model.apply(v, model.apply(v, x, method=model.features), rois,
-                                        (64, 64), method=model.mask_outputs))
-  assert not np.allclose(masks(v), masks(v2))
+  # The mask head reads res5's output (C5: 64 channels at width 8, not C4's
+  # 32), through the box head's trunk: it has no parameters of its own there.
+  assert p["mask_head"]["head"]["conv5_mask"]["kernel"].shape == (2, 2, 64, 16)
 
 
 def test_wrong_combinations_are_clear_errors():

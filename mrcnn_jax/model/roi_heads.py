@@ -204,15 +204,16 @@ class MaskRoIHead(nn.Module):
     return batch_size * max(1, per_image)
 
   def predict(self, features, canvas_size, detections) -> dict:
-    logits = self(features, detections["boxes"], canvas_size).astype(jnp.float32)
-    if self.loss == "softmax":  # [B, D, M, M, K]
-      probs = jax.nn.softmax(logits, axis=-1)
-    else:  # [B, D, M, M, K'], K' = 1 class-agnostic
-      probs = jax.nn.sigmoid(logits)
-    if probs.shape[-1] == 1:
-      return {"masks": probs[..., 0]}
-    return {"masks": jnp.take_along_axis(
-        probs, detections["labels"][:, :, None, None, None], axis=-1)[..., 0]}
+    logits = self(features, detections["boxes"], canvas_size)  # [B, D, M, M, K']
+    if self.loss == "softmax":  # the detected class's share of each pixel
+      logits = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    if logits.shape[-1] == 1:  # class-agnostic
+      chosen = logits[..., 0]
+    else:
+      chosen = jnp.take_along_axis(
+          logits, detections["labels"][:, :, None, None, None], axis=-1)[..., 0]
+    chosen = chosen.astype(jnp.float32)
+    return {"masks": jnp.exp(chosen) if self.loss == "softmax" else jax.nn.sigmoid(chosen)}
 
   def train_outputs(self, features, canvas_size, targets, gt) -> dict:
     """The head on the batch's positive RoIs (``targets["positive_candidates"]``)
