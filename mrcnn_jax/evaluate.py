@@ -67,7 +67,8 @@ def denormalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.n
 def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names: Sequence[str],
              workdir: str | None = None, step: int = 0, num_samples: int = 0,
              label_to_category_id: Mapping[int, int] | None = None, spec=None) -> dict:
-  """COCO bbox + segm evaluation; writes ``metrics.json`` and sample PNGs to
+  """COCO bbox + segm evaluation (bbox only for a model without a mask head,
+  ``config.model.mask_on=False``); writes ``metrics.json`` and sample PNGs to
   ``workdir`` when given (``spec``, the ``InputSpec``, un-normalises them).
   Returns the metrics dict (percent)."""
   from tqdm.auto import tqdm
@@ -75,10 +76,11 @@ def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names:
 
   results, n = [], 0
   sample_dir = os.path.join(workdir, "samples") if workdir else None
+  iou_types = ("bbox", "segm") if model.mask_head is not None else ("bbox",)
   for ex, det in tqdm(predict(model, variables, batches), desc="eval", unit="img",
                       mininterval=2.0):
     results += detections_to_coco(int(ex["image_id"]), det["boxes"], det["scores"],
-                                  det["labels"], det["masks"],
+                                  det["labels"], det.get("masks"),
                                   label_to_category_id=label_to_category_id)
     if sample_dir and n < num_samples:
       h, w = (int(x) for x in ex["image_size"])
@@ -87,12 +89,12 @@ def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names:
              denormalize(ex["image"][:h, :w], spec.mean, spec.std))
       if (h, w) != (oh, ow):
         img = np.asarray(Image.fromarray(img).resize((ow, oh), Image.BILINEAR))
-      drawn = draw_detections(img, det["boxes"], det["scores"], det["labels"], det["masks"],
+      drawn = draw_detections(img, det["boxes"], det["scores"], det["labels"], det.get("masks"),
                               class_names=class_names, score_threshold=0.5)
       save_png(os.path.join(sample_dir, f"{int(ex['image_id']):06d}.png"), drawn)
     n += 1
   log.info("evaluated %d images, %d detections", n, len(results))
-  metrics = evaluate_coco(coco_gt, results, print_fn=log.info)
+  metrics = evaluate_coco(coco_gt, results, iou_types=iou_types, print_fn=log.info)
   if workdir:
     write_metrics_json(os.path.join(workdir, "metrics.json"), step, metrics)
   return metrics

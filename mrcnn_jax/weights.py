@@ -95,6 +95,8 @@ def torchvision_key(path: tuple[str, ...], kind: str = "maskrcnn") -> str | None
   leaf = rest[-1]
   if top == "backbone":
     return _backbone_key(tuple(rest), "backbone.body." if kind == "maskrcnn" else "")
+  if top == "box_head" and rest[0] == "trunk":  # the C4 models' res5: ResNet's layer4
+    return _backbone_key(tuple(rest[1:]), "backbone.body." if kind == "maskrcnn" else "")
   if kind != "maskrcnn":
     return None
   mod = rest[0]

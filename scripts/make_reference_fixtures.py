@@ -5,7 +5,14 @@ them against something we did not write.
 Run in the torchvision reference environment (see
 scripts/check_torchvision_parity.py for how to make it):
 
-  /tmp/tvenv/bin/python scripts/make_reference_fixtures.py
+  /tmp/tvenv/bin/python scripts/make_reference_fixtures.py            # everything
+  /tmp/tvenv/bin/python scripts/make_reference_fixtures.py roi_pool   # one file
+
+tests/data/torchvision_roi_pool.npz (``write_roi_pool_fixture``):
+  roi_pool/*       torchvision.ops.roi_pool outputs and feature gradients on
+                   random maps (and one with many ties) for boxes inside,
+                   partly and wholly outside the map, zero-sized and thin,
+                   at spatial scales 1, 0.5 and 0.25
 
 Contents (all float32 / int64, NCHW tensors already transposed to NHWC):
   roi_align/*      random feature maps and boxes (including boxes partly or
@@ -20,6 +27,7 @@ Contents (all float32 / int64, NCHW tensors already transposed to NHWC):
 """
 
 import os
+import sys
 
 import numpy as np
 import torch
@@ -28,9 +36,10 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, nms, roi_align
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, nms, roi_align, roi_pool
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "torchvision_reference.npz")
+DATA = os.path.join(os.path.dirname(__file__), "..", "tests", "data")
+OUT = os.path.join(DATA, "torchvision_reference.npz")
 
 
 def random_boxes(rng, n, h, w, scale):
@@ -139,5 +148,43 @@ def main():
         f"(torch {torch.__version__}, torchvision {torchvision.__version__})")
 
 
+def write_roi_pool_fixture():
+  """tests/data/torchvision_roi_pool.npz: torchvision's RoIPool values and
+  gradients (its own file, so it can be remade without touching the rest)."""
+  rng = np.random.default_rng(1)
+  out = {}
+  h, w, c = 11, 13, 3
+  maps = {"rand": rng.standard_normal((h, w, c)).astype(np.float32),
+          # Small integers: many equal maxima, so the tie rule (first pixel in
+          # row-major order takes the gradient) is exercised.
+          "ties": rng.integers(-2, 3, (h, w, c)).astype(np.float32)}
+  for name, feats in maps.items():
+    out[f"roi_pool/features_{name}"] = feats
+    for scale in (1.0, 0.5, 0.25):
+      boxes = random_boxes(rng, 16, h, w, scale)
+      boxes[3] = np.array([1.2, 0.3, 1.4, 9.7]) / scale  # one pixel wide
+      boxes[4] = np.array([-5.0, -5.0, 2 * w, 2 * h]) / scale  # larger than the map
+      boxes[5] = np.array([2.5, 3.5, 6.5, 7.49]) / scale  # halves round away from zero
+      out[f"roi_pool/boxes_{name}_s{scale}"] = boxes
+      for size in ((5, 4), (7, 7), (2, 3)):
+        f = torch.from_numpy(feats).permute(2, 0, 1)[None].clone().requires_grad_(True)
+        rois = torch.cat([torch.zeros(len(boxes), 1), torch.from_numpy(boxes)], 1)
+        y = roi_pool(f, rois, size, spatial_scale=scale)
+        cot = torch.from_numpy(rng.standard_normal(tuple(y.shape)).astype(np.float32))
+        (y * cot).sum().backward()
+        key = f"roi_pool/{name}_s{scale}_{size[0]}x{size[1]}"
+        out[key + "_out"] = y.detach().permute(0, 2, 3, 1).numpy()
+        out[key + "_cot"] = cot.permute(0, 2, 3, 1).numpy()
+        out[key + "_grad"] = f.grad[0].permute(1, 2, 0).numpy()
+  path = os.path.join(DATA, "torchvision_roi_pool.npz")
+  np.savez_compressed(path, **out)
+  print(f"wrote {path}: {len(out)} arrays, {os.path.getsize(path) / 1024:.0f} KiB "
+        f"(torch {torch.__version__}, torchvision {torchvision.__version__})")
+
+
 if __name__ == "__main__":
-  main()
+  if sys.argv[1:] == ["roi_pool"]:
+    write_roi_pool_fixture()
+  else:
+    main()
+    write_roi_pool_fixture()
