@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from mrcnn_jax.model import config as model_config
 from mrcnn_jax.model.fpn import FPN
 from mrcnn_jax.model.heads import BoxHead, BoxPredictor, MaskHead
+from mrcnn_jax.model.keypoint_head import KeypointHead, KeypointRoIHead
 from mrcnn_jax.model.mask_rcnn import MaskRCNN
 from mrcnn_jax.model.resnet import ResNet
 from mrcnn_jax.model.roi_heads import BoxRoIHead, MaskRoIHead, Pooler, RoISampler
@@ -113,8 +114,13 @@ def build_model(model_cfg: Mapping[str, Any], *, axis_name: Optional[str] = None
     mask_head = MaskRoIHead(head=MaskHead(num_classes=num_classes, **_take(mask, MaskHead),
                                           **common),
                             pooler=pooler, **_take(mask, MaskRoIHead))
+  keypoint_head = None
+  if cfg["keypoint_on"]:
+    kp = rh["keypoint"]
+    keypoint_head = KeypointRoIHead(head=KeypointHead(**_take(kp, KeypointHead), **common),
+                                    pooler=pooler, **_take(kp, KeypointRoIHead))
   return MaskRCNN(backbone=backbone, neck=neck, rpn=rpn, roi_sampler=sampler,
-                  box_head=box_head, mask_head=mask_head)
+                  box_head=box_head, mask_head=mask_head, keypoint_head=keypoint_head)
 
 
 def init_params(model: MaskRCNN, rng, canvas_size=(64, 64), batch_size: int = 1):

@@ -2,13 +2,15 @@
 part itself (its dataclass fields), so a default is written exactly once:
 
   config.model
-    num_classes, dtype, mask_on
+    num_classes, dtype, mask_on, keypoint_on
     backbone    name ("resnet") + ``resnet.ResNet``'s fields
     fpn         ``fpn.FPN``'s fields
     rpn         ``rpn.RPN``'s fields (anchors, proposals, targets)
     roi_heads   ``RoISampler``'s and ``Pooler``'s fields (shared by the heads)
       box       ``BoxRoIHead``'s and ``heads.BoxHead``'s fields
       mask      ``MaskRoIHead``'s and ``heads.MaskHead``'s fields
+      keypoint  ``keypoint_head.KeypointRoIHead``'s and ``KeypointHead``'s
+                fields (used when ``keypoint_on``)
 
 The defaults are torchvision's ``maskrcnn_resnet50_fpn``; experiment
 configs change only what differs, and ``--config.model.backbone.depth=101``
@@ -24,6 +26,7 @@ import ml_collections
 
 from mrcnn_jax.model.fpn import FPN
 from mrcnn_jax.model.heads import BoxHead, MaskHead
+from mrcnn_jax.model.keypoint_head import KeypointHead, KeypointRoIHead
 from mrcnn_jax.model.resnet import ResNet
 from mrcnn_jax.model.roi_heads import BoxRoIHead, MaskRoIHead, Pooler, RoISampler
 from mrcnn_jax.model.rpn import RPN
@@ -62,12 +65,14 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.num_classes = NUM_CLASSES
   m.dtype = "float32"
   m.mask_on = True
+  m.keypoint_on = False
   m.backbone = _section({"name": "resnet"}, part_defaults(ResNet))
   m.fpn = _section(part_defaults(FPN))
   m.rpn = _section(part_defaults(RPN))
   m.roi_heads = _section(part_defaults(RoISampler), part_defaults(Pooler, POOLER_FIELDS))
   m.roi_heads.box = _section(part_defaults(BoxRoIHead), part_defaults(BoxHead))
   m.roi_heads.mask = _section(part_defaults(MaskRoIHead), part_defaults(MaskHead))
+  m.roi_heads.keypoint = _section(part_defaults(KeypointRoIHead), part_defaults(KeypointHead))
   return m
 
 
