@@ -268,7 +268,7 @@ def _keypoints(objects, keep, num_keypoints: int):
     raise ValueError("pipeline: num_keypoints > 0 but the example has no "
                      "'objects/keypoints' (a dataset without keypoints?)")
   kp = tf.cast(objects["keypoints"], tf.float32)
-  kp = tf.reshape(tf.gather(tf.reshape(kp, [tf.shape(kp)[0], -1]), keep),
+  kp = tf.reshape(tf.gather(tf.reshape(kp, [-1, 3 * num_keypoints]), keep),
                   [-1, num_keypoints, 3])
   return kp
 

@@ -20,31 +20,46 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
 from mrcnn_jax.model.heads import _conv_stack, _flatten_rois
 from mrcnn_jax.model.roi_heads import MaskRoIHead, Pooler
 from mrcnn_jax.ops import keypoints as kp_ops
+from mrcnn_jax.ops.conv import conv2d
 from mrcnn_jax.ops import targets as target_ops
 
 _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+# Transposed convolution, kernel 4, stride 2, padding 1, by output phase:
+# output row 2i + p reads input rows i + d (d = -1, 0, 1) through kernel row
+# _PHASE_TAP[p][d + 1] (4: no tap). From y = 2 * (input row) - 1 + (kernel row).
+_PHASE_TAP = np.array([[3, 1, 4], [4, 2, 0]])
 
 
 def keypoint_predictor(x, kernel, bias):
   """[N, m, m, C] -> [N, 4m, 4m, K]: torchvision's ``KeypointRCNNPredictor``.
 
   ``kernel`` [4, 4, C, K] is PyTorch's ``ConvTranspose2d.weight[c, k, a,
-  b]`` at [a, b, c, k]. A transposed convolution with stride 2 and padding
-  1 is a convolution of the input dilated by 2 (zeros between pixels),
-  padded by 4 - 1 - 1 = 2 on each side, with the kernel flipped spatially.
-  The 2x bilinear upsampling is a fixed matrix on each axis
+  b]`` at [a, b, c, k]. The transposed convolution (stride 2, padding 1) is
+  written as one 3x3 convolution with 4K outputs, one K per output phase
+  (row parity, column parity), followed by depth-to-space: each output
+  pixel of phase (p, q) sums the 2 x 2 input pixels and kernel taps that
+  reach it (``_PHASE_TAP``). Same values as the dilated form, and the
+  gradients are ordinary convolution gradients (``ops.conv``, fast on
+  XLA:CPU). The 2x bilinear upsampling is a fixed matrix on each axis
   (``ops.keypoints.upsample2x_matrix``).
   """
-  y = lax.conv_general_dilated(
-      x, jnp.flip(kernel, (0, 1)).astype(x.dtype), window_strides=(1, 1),
-      padding=((2, 2), (2, 2)), lhs_dilation=(2, 2),
-      dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias.astype(x.dtype)
-  up = jnp.asarray(kp_ops.upsample2x_matrix(y.shape[1]), y.dtype)
+  n, m, _, c = x.shape
+  k = kernel.shape[-1]
+  taps = jnp.pad(kernel.astype(x.dtype), ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap 4: zeros
+  idx = _PHASE_TAP.T  # [d + 1, p]
+  k3 = taps[idx[:, None, :, None], idx[None, :, None, :]]  # [dy, dx, p, q, C, K]
+  k3 = jnp.transpose(k3, (0, 1, 4, 2, 3, 5)).reshape(3, 3, c, 4 * k)
+  y = conv2d(x, k3, stride=1, padding=((1, 1), (1, 1)))
+  y = y.reshape(n, m, m, 2, 2, k) + bias.astype(x.dtype)
+  y = jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(n, 2 * m, 2 * m, k)
+  up = jnp.asarray(kp_ops.upsample2x_matrix(2 * m), y.dtype)
   return jnp.einsum("yh,nhwk,xw->nyxk", up, y, up)
 
 
