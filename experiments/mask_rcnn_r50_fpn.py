@@ -88,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every = 50
   config.max_consecutive_nonfinite = 5
   config.eval_batch_size = 8
+  # On a CPU, each batch is split over this many XLA:CPU devices; 0: one per
+  # usable core, at most what divides the batch sizes (mrcnn_jax/runtime.py).
+  config.cpu_devices = 0
   config.num_sample_images = 8
   # An ImageNet ResNet (torchvision .pth) for the backbone, e.g.
   # --config.init_checkpoint=resnet50-0676ba61.pth

@@ -91,8 +91,10 @@ def _setup_logging():
 
 
 def cmd_train(args, overrides):
-  from mrcnn_jax import evaluate, experiment, train
+  from mrcnn_jax import runtime
   config = apply_overrides(load_config(args.config), overrides)
+  runtime.configure_cpu_devices(config)  # before JAX's first computation
+  from mrcnn_jax import evaluate, experiment, train
   workdir = args.workdir or os.path.join("workdir", os.path.splitext(
       os.path.basename(args.config or DEFAULT_CONFIG))[0])
   info = experiment.dataset_info(config)
@@ -104,8 +106,10 @@ def cmd_train(args, overrides):
 
 
 def cmd_evaluate(args, overrides):
-  from mrcnn_jax import evaluate
+  from mrcnn_jax import runtime
   config = apply_overrides(load_config(args.config), overrides)
+  runtime.configure_cpu_devices(config)  # before JAX's first computation
+  from mrcnn_jax import evaluate
   if not args.workdir and not args.checkpoint:
     raise SystemExit("mrcnn-jax evaluate: give --workdir (a training run) or --checkpoint")
   workdir = args.workdir or os.path.join("workdir", "eval_" + os.path.basename(

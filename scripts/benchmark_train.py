@@ -152,9 +152,16 @@ def run_jax(args) -> dict:
       "gt_valid": pad(np.ones((b, args.boxes), bool)),
       "gt_masks": pad(data["masks_crop"]),
   }
-  batch = {k: v[None] for k, v in batch.items()}  # one device: [1, B, ...]
+  n = args.devices
+  if len(jax.local_devices()) < n:
+    raise SystemExit(
+        f"--devices {n}: only {len(jax.local_devices())} {jax.default_backend()} device(s) "
+        "here (on a CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+  if b % n:
+    raise SystemExit(f"--batch {b} is not divisible by --devices {n}")
+  batch = {k: v.reshape((n, b // n) + v.shape[1:]) for k, v in batch.items()}  # [N, B/N, ...]
 
-  devices = jax.local_devices()[:1]
+  devices = jax.local_devices()[:n]
   from mrcnn_jax import experiment
   from mrcnn_jax.model import variables_template
   model = experiment.build_model(config)
@@ -181,10 +188,11 @@ def run_jax(args) -> dict:
       "precision": "bfloat16 compute, float32 params" if args.precision == "mixed" else "float32",
       "compile_s": round(compile_s, 2), "step_s": round(med, 4),
       "step_times_s": [round(t, 4) for t in times],
+      "devices": n,
       "images_per_s": round(b / med, 3),
       "loss": float(metrics["loss"][0]),
       "pos_rois_per_image": float(metrics["num_pos_rois"][0]),
-      "mask_rois_per_step": model.num_mask_slots(b),
+      "mask_rois_per_step": model.num_mask_slots(b // n) * n,
       "mask_rois_left_out": float(metrics["num_mask_rois_left_out"][0]),
   }
   dev = jax.local_devices()[0]
@@ -384,6 +392,9 @@ def parse_args(argv):
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--canvas", default="512x512", help="HxW, multiples of 32")
   p.add_argument("--boxes", type=int, default=4, help="objects per image")
+  p.add_argument("--devices", type=int, default=1,
+                 help="mrcnn_jax: split the batch over this many devices (pmap); on a "
+                      "CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N")
   p.add_argument("--precision", choices=("float32", "mixed"), default="float32")
   p.add_argument("--runs", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)
@@ -395,8 +406,8 @@ def parse_args(argv):
     assert len(args.canvas) == 2 and all(v % 32 == 0 and v > 0 for v in args.canvas)
   except (ValueError, AssertionError):
     p.error(f"--canvas must be HxW with multiples of 32, got {args.canvas!r}")
-  if args.runs < 1 or args.batch < 1 or args.boxes < 1:
-    p.error("--runs, --batch and --boxes must be >= 1")
+  if args.runs < 1 or args.batch < 1 or args.boxes < 1 or args.devices < 1:
+    p.error("--runs, --batch, --boxes and --devices must be >= 1")
   return args
 
 

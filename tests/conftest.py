@@ -10,6 +10,20 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=2".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# One persistent XLA compilation cache for the whole session, subprocesses
+# included (they inherit the environment): many tests compile the same tiny
+# train or inference step, and XLA:CPU takes 10-30 s per compilation where a
+# cache hit takes under a second. A fresh directory per session, so nothing
+# carries over from an earlier run or another checkout.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  _cache = tempfile.mkdtemp(prefix="mrcnn_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

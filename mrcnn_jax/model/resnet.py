@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from mrcnn_jax.model.layers import conv, make_norm
+from mrcnn_jax.ops.pooling import max_pool2d
 
 STAGE_BLOCKS = {
     18: (2, 2, 2, 2),
@@ -102,7 +103,7 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool2d(x, (3, 3), 2, ((1, 1), (1, 1)))  # flax's max_pool, cheaper gradient
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
     outputs = []
