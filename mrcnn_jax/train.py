@@ -200,8 +200,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
     total = weighted_total(losses, loss_weights)
     counts = {"num_proposals": outputs["num_proposals"].mean(),
               "num_pos_rois": outputs["roi_is_pos"].sum(axis=1).mean()}
-    if "num_mask_rois_left_out" in outputs:
-      counts["num_mask_rois_left_out"] = outputs["num_mask_rois_left_out"]
+    for key in ("num_mask_rois_left_out", "num_keypoint_rois_left_out"):
+      if key in outputs:
+        counts[key] = outputs[key]
     return total, (losses, updates.get("batch_stats", state.batch_stats), counts)
 
   (total, (losses, new_bs, counts)), grads = jax.value_and_grad(

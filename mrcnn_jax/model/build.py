@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from mrcnn_jax.model import config as model_config
 from mrcnn_jax.model.fpn import FPN
 from mrcnn_jax.model.heads import BoxPredictor
+from mrcnn_jax.model.keypoint_head import KeypointHead, KeypointRoIHead
 from mrcnn_jax.model.mask_rcnn import MaskRCNN
 from mrcnn_jax.model.resnet import ResNet, ResNetStage
 from mrcnn_jax.model.roi_heads import MASK_LOSSES, BoxRoIHead, MaskRoIHead, Pooler, RoISampler
@@ -141,8 +142,13 @@ def build_model(model_cfg: Mapping[str, Any], *, axis_name: Optional[str] = None
     mask_head = MaskRoIHead(
         head=mask_cls(num_classes=num_classes, **_take(mask, mask_cls), **common),
         pooler=pooler, trunk=trunk, **_take(mask, MaskRoIHead))
+  keypoint_head = None
+  if cfg["keypoint_on"]:
+    kp = rh["keypoint"]
+    keypoint_head = KeypointRoIHead(head=KeypointHead(**_take(kp, KeypointHead), **common),
+                                    pooler=pooler, **_take(kp, KeypointRoIHead))
   return MaskRCNN(backbone=backbone, neck=neck, rpn=rpn, roi_sampler=sampler,
-                  box_head=box_head, mask_head=mask_head)
+                  box_head=box_head, mask_head=mask_head, keypoint_head=keypoint_head)
 
 
 def init_params(model: MaskRCNN, rng, canvas_size=(64, 64), batch_size: int = 1):

@@ -2,7 +2,7 @@
 part itself (its dataclass fields), so a default is written exactly once:
 
   config.model
-    num_classes, dtype, mask_on
+    num_classes, dtype, mask_on, keypoint_on
     neck        "fpn" (P2..P6) or "last" (the backbone's last map alone: the
                 paper's C4 / C5 models)
     backbone    name ("resnet") + ``resnet.ResNet``'s fields
@@ -17,6 +17,8 @@ part itself (its dataclass fields), so a default is written exactly once:
       mask      head ("fcn": ``heads.MaskHead``, "mlp": ``heads.MaskMLPHead``)
                 + ``MaskRoIHead``'s (loss: "sigmoid" / "softmax") and the
                 heads' fields
+      keypoint  ``keypoint_head.KeypointRoIHead``'s and ``KeypointHead``'s
+                fields (used when ``keypoint_on``)
 
 The defaults are torchvision's ``maskrcnn_resnet50_fpn``; experiment
 configs change only what differs, and ``--config.model.backbone.depth=101``
@@ -32,6 +34,7 @@ import ml_collections
 
 from mrcnn_jax.model.fpn import FPN, LastLevel
 from mrcnn_jax.model.heads import AvgPoolBoxHead, BoxHead, MaskHead, MaskMLPHead
+from mrcnn_jax.model.keypoint_head import KeypointHead, KeypointRoIHead
 from mrcnn_jax.model.resnet import ResNet, ResNetStage
 from mrcnn_jax.model.roi_heads import BoxRoIHead, MaskRoIHead, Pooler, RoISampler
 from mrcnn_jax.model.rpn import RPN
@@ -75,6 +78,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.num_classes = NUM_CLASSES
   m.dtype = "float32"
   m.mask_on = True
+  m.keypoint_on = False
   m.neck = "fpn"
   m.backbone = _section({"name": "resnet"}, part_defaults(ResNet))
   m.fpn = _section(part_defaults(FPN))
@@ -85,6 +89,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.roi_heads.box = _section({"head": "fc"}, part_defaults(BoxRoIHead), part_defaults(BoxHead))
   m.roi_heads.mask = _section({"head": "fcn"}, part_defaults(MaskRoIHead),
                               part_defaults(MaskHead), part_defaults(MaskMLPHead))
+  m.roi_heads.keypoint = _section(part_defaults(KeypointRoIHead), part_defaults(KeypointHead))
   return m
 
 
