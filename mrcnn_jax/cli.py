@@ -6,6 +6,8 @@
   mrcnn-jax predict  [--config ...] (--workdir DIR | --checkpoint PATH) --output OUT IMAGES...
   mrcnn-jax convert  --checkpoint FILE.pth --output DIR [--kind maskrcnn|backbone]
                      [--config experiments/mask_rcnn_r50_fpn.py]
+                     (the config picks the family: faster_rcnn_r50_fpn.py,
+                     mask_rcnn_r50_fpn_v2.py, keypoint_rcnn_r50_fpn.py, ...)
   mrcnn-jax export   [--config ...] (--workdir DIR | --checkpoint PATH) --output OUT
                      [--formats stablehlo,savedmodel] [--batch N] [--canvas HxW]
 
@@ -175,12 +177,12 @@ def cmd_convert(args):
   import jax
   from mrcnn_jax import checkpoints, experiment
   from mrcnn_jax.model import init_params, variables_template
-  from mrcnn_jax.weights import load_torchvision_checkpoint
+  from mrcnn_jax.weights import DETECTOR_KINDS, load_torchvision_checkpoint
   config = args.loaded_config
   model = experiment.build_model(config)
   # A whole Mask R-CNN replaces every variable (a template is enough); a
   # backbone keeps the other parts' initial values.
-  template = (variables_template(model) if args.kind == "maskrcnn"
+  template = (variables_template(model) if args.kind in DETECTOR_KINDS
               else jax.device_get(init_params(model, jax.random.PRNGKey(config.seed))))
   variables = load_torchvision_checkpoint(args.checkpoint, template, kind=args.kind,
                                           box_pool_size=model.box_head.pool_size)
@@ -240,8 +242,13 @@ def main(argv=None):
   p = sub.add_parser("convert", help="convert a torchvision .pth into mrcnn_jax variables")
   p.add_argument("--checkpoint", required=True, help="torchvision state_dict (.pth)")
   p.add_argument("--output", required=True, help="output directory (orbax)")
-  p.add_argument("--kind", choices=("maskrcnn", "backbone"), default="maskrcnn")
-  p.add_argument("--config", default=None, help="default: experiments/mask_rcnn_r50_fpn.py")
+  p.add_argument("--kind", default="maskrcnn",
+                 choices=("maskrcnn", "fasterrcnn", "keypointrcnn", "detector", "backbone"),
+                 help="a whole torchvision detector (maskrcnn and its aliases; the config "
+                 "gives the family) or an ImageNet ResNet as the backbone")
+  p.add_argument("--config", default=None, help="default: experiments/mask_rcnn_r50_fpn.py; "
+                 "the model family (faster_rcnn_r50_fpn.py, mask_rcnn_r50_fpn_v2.py, "
+                 "keypoint_rcnn_r50_fpn.py)")
   p.set_defaults(fn=cmd_convert, default_config="mask_rcnn_r50_fpn.py")
   p = sub.add_parser("export", help="export a checkpoint as StableHLO / TF SavedModel")
   p.add_argument("--config", default=None)

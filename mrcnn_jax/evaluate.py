@@ -103,20 +103,28 @@ def denormalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.n
 
 def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names: Sequence[str],
              workdir: str | None = None, step: int = 0, num_samples: int = 0,
-             label_to_category_id: Mapping[int, int] | None = None, spec=None) -> dict:
-  """COCO bbox + segm evaluation; writes ``metrics.json`` and sample PNGs to
-  ``workdir`` when given (``spec``, the ``InputSpec``, un-normalises them).
-  Returns the metrics dict (percent)."""
+             label_to_category_id: Mapping[int, int] | None = None, spec=None,
+             skeleton: Sequence[Sequence[int]] = (),
+             kpt_oks_sigmas: Sequence[float] | None = None) -> dict:
+  """COCO evaluation of the model's outputs: bbox, segm with a mask head,
+  keypoints with a keypoint head (``kpt_oks_sigmas``: per-keypoint OKS
+  sigmas, None for COCO's 17); writes ``metrics.json`` and sample PNGs
+  (keypoints joined by ``skeleton``, 1-based pairs) to ``workdir`` when
+  given (``spec``, the ``InputSpec``, un-normalises them). Returns the
+  metrics dict (percent)."""
   from tqdm.auto import tqdm
   from PIL import Image
 
+  iou_types = ["bbox"] + (["segm"] if model.mask_head is not None else []) + (
+      ["keypoints"] if model.keypoint_head is not None else [])
   results, n = [], 0
   sample_dir = os.path.join(workdir, "samples") if workdir else None
   for ex, det in tqdm(predict(model, variables, batches), desc="eval", unit="img",
                       mininterval=2.0):
     results += detections_to_coco(int(ex["image_id"]), det["boxes"], det["scores"],
-                                  det["labels"], det["masks"],
-                                  label_to_category_id=label_to_category_id)
+                                  det["labels"], det.get("masks"),
+                                  label_to_category_id=label_to_category_id,
+                                  keypoints=det.get("keypoints"))
     if sample_dir and n < num_samples:
       h, w = (int(x) for x in ex["image_size"])
       oh, ow = (int(x) for x in ex["orig_size"])
@@ -124,12 +132,14 @@ def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names:
              denormalize(ex["image"][:h, :w], spec.mean, spec.std))
       if (h, w) != (oh, ow):
         img = np.asarray(Image.fromarray(img).resize((ow, oh), Image.BILINEAR))
-      drawn = draw_detections(img, det["boxes"], det["scores"], det["labels"], det["masks"],
-                              class_names=class_names, score_threshold=0.5)
+      drawn = draw_detections(img, det["boxes"], det["scores"], det["labels"], det.get("masks"),
+                              class_names=class_names, score_threshold=0.5,
+                              keypoints=det.get("keypoints"), skeleton=skeleton)
       save_png(os.path.join(sample_dir, f"{int(ex['image_id']):06d}.png"), drawn)
     n += 1
   log.info("evaluated %d images, %d detections", n, len(results))
-  metrics = evaluate_coco(coco_gt, results, print_fn=log.info)
+  metrics = evaluate_coco(coco_gt, results, iou_types=iou_types, print_fn=log.info,
+                          kpt_oks_sigmas=kpt_oks_sigmas)
   if workdir:
     write_metrics_json(os.path.join(workdir, "metrics.json"), step, metrics)
   return metrics
@@ -189,4 +199,5 @@ def evaluate_workdir(config, workdir: str, state=None, checkpoint: str | None = 
   return evaluate(model, variables, batches, datasets.eval_coco_gt(config),
                   class_names=info.class_names, workdir=workdir, step=step,
                   num_samples=config.num_sample_images,
-                  label_to_category_id=info.label_to_category_id, spec=spec)
+                  label_to_category_id=info.label_to_category_id, spec=spec,
+                  skeleton=info.keypoint_skeleton, kpt_oks_sigmas=info.keypoint_sigmas)

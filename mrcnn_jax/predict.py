@@ -73,7 +73,8 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
     out = jax.device_get(infer(variables, batch, sizes))
     det = to_original({k: v[0] for k, v in out.items()}, sizes[0], rgb.shape[:2])
     results += detections_to_coco(image_id, det["boxes"], det["scores"], det["labels"],
-                                  det["masks"], label_to_category_id=label_map)
+                                  det.get("masks"), label_to_category_id=label_map,
+                                  keypoints=det.get("keypoints"))
     stem = os.path.splitext(os.path.basename(path))[0]
     overlay, n = f"{stem}.png", 1
     while overlay in overlays:  # never overwrite another input's overlay
@@ -84,8 +85,9 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
                    "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
                    "overlay": overlay})
     save_png(os.path.join(output_dir, overlay),
-             draw_detections(rgb, det["boxes"], det["scores"], det["labels"], det["masks"],
-                             class_names=names, score_threshold=score_threshold))
+             draw_detections(rgb, det["boxes"], det["scores"], det["labels"], det.get("masks"),
+                             class_names=names, score_threshold=score_threshold,
+                             keypoints=det.get("keypoints"), skeleton=info.keypoint_skeleton))
   with open(os.path.join(output_dir, "results.json"), "w") as f:
     json.dump(results, f)
   with open(os.path.join(output_dir, "images.json"), "w") as f:

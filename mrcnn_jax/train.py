@@ -203,8 +203,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
     total = weighted_total(losses, loss_weights)
     counts = {"num_proposals": outputs["num_proposals"].mean(),
               "num_pos_rois": outputs["roi_is_pos"].sum(axis=1).mean()}
-    if "num_mask_rois_left_out" in outputs:
-      counts["num_mask_rois_left_out"] = outputs["num_mask_rois_left_out"]
+    for key in ("num_mask_rois_left_out", "num_keypoint_rois_left_out"):
+      if key in outputs:
+        counts[key] = outputs[key]
     return total, (losses, updates.get("batch_stats", state.batch_stats), counts)
 
   (total, (losses, new_bs, counts)), grads = jax.value_and_grad(
@@ -273,9 +274,13 @@ def batch_spec(config, batch_dims, canvas) -> dict[str, jax.ShapeDtypeStruct]:
   gives them (``mrcnn_jax/data/pipeline.py``): ``[*batch_dims, ...]``."""
   n, s = config.data.max_instances, config.data.gt_mask_size
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(tuple(batch_dims) + tuple(shape), dtype)
-  return {"image": spec((*canvas, 3), jnp.float32), "image_size": spec((2,), jnp.int32),
-          "gt_boxes": spec((n, 4), jnp.float32), "gt_labels": spec((n,), jnp.int32),
-          "gt_valid": spec((n,), jnp.bool_), "gt_masks": spec((n, s, s), jnp.float32)}
+  out = {"image": spec((*canvas, 3), jnp.float32), "image_size": spec((2,), jnp.int32),
+         "gt_boxes": spec((n, 4), jnp.float32), "gt_labels": spec((n,), jnp.int32),
+         "gt_valid": spec((n,), jnp.bool_), "gt_masks": spec((n, s, s), jnp.float32)}
+  if config.model.get("keypoint_on", False):  # (x, y, visibility) per keypoint
+    k = int(config.model.roi_heads.keypoint.num_keypoints)
+    out["gt_keypoints"] = spec((n, k, 3), jnp.float32)
+  return out
 
 
 def p_train_step(config, model, tx, check=None) -> programs.Program:

@@ -2,7 +2,8 @@
 
 numpy + PIL only (no JAX, no TensorFlow), so it works in any notebook.
 
-Shape shorthand: H x W the image size, N detections. Boxes are ``xyxy`` in
+Shape shorthand: H x W the image size, N detections, K keypoints. Boxes
+(and keypoints (x, y, v)) are ``xyxy`` in
 pixels of the image being drawn on (original-image pixels for final
 detections). Labels are contiguous class indices into ``class_names``, whose
 entry 0 is "background".
@@ -57,6 +58,8 @@ def draw_detections(
     score_threshold: float = 0.5,
     alpha: float = 0.5,
     font_size: int | None = None,
+    keypoints: np.ndarray | None = None,
+    skeleton: Sequence[Sequence[int]] = (),
 ) -> np.ndarray:
     """Returns a copy of ``image`` with the detections scoring >= ``score_threshold`` drawn.
 
@@ -79,6 +82,10 @@ def draw_detections(
       alpha: mask opacity in [0, 1].
       font_size: None uses ``ImageFont.load_default()``; an int asks for that
         size of the default font.
+      keypoints: ``[N, K, 3]`` (x, y, v) in pixels of ``image``, or None:
+        each kept detection's keypoints with v > 0 are drawn as dots, joined
+        by the limbs of ``skeleton`` (pairs of 1-based keypoint indices, as
+        in COCO's categories), in the instance's colour.
 
     Returns:
       ``[H, W, 3]`` uint8 image.
@@ -99,6 +106,16 @@ def draw_detections(
             )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if keypoints is not None:
+        keypoints = np.asarray(keypoints, np.float64)
+        if keypoints.ndim != 3 or keypoints.shape[0] != n or keypoints.shape[2] != 3:
+            raise ValueError(f"keypoints must have shape [N, K, 3] = [{n}, K, 3], got "
+                             f"{keypoints.shape}")
+        bad = [p for p in skeleton
+               if len(p) != 2 or not all(1 <= int(j) <= keypoints.shape[1] for j in p)]
+        if bad:
+            raise ValueError(f"skeleton pairs {bad[:5]} are not 1-based indices of the "
+                             f"{keypoints.shape[1]} keypoints")
     if class_names is not None:
         bad = [int(l) for l in labels if not 0 <= l < len(class_names)]
         if bad:
@@ -139,6 +156,8 @@ def draw_detections(
         py2 = int(np.clip(np.ceil(y2) - 1, 0, h - 1))
         px2, py2 = max(px2, px1), max(py2, py1)
         draw.rectangle([px1, py1, px2, py2], outline=color, width=line_width)
+        if keypoints is not None:
+            _draw_keypoints(draw, keypoints[i], skeleton, color, line_width)
 
         label = int(labels[i])
         name = class_names[label] if class_names is not None else str(label)
@@ -154,6 +173,18 @@ def draw_detections(
         text_color = (0, 0, 0) if luminance > 150 else (255, 255, 255)
         draw.text((tx + pad - left, ty + pad - top), text, fill=text_color, font=font)
     return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def _draw_keypoints(draw, kps, skeleton, color, line_width: int) -> None:
+    """One instance's skeleton (limbs between labelled keypoints) and dots."""
+    shown = kps[:, 2] > 0
+    for a, b in skeleton:
+        a, b = int(a) - 1, int(b) - 1
+        if shown[a] and shown[b]:
+            draw.line([tuple(kps[a, :2]), tuple(kps[b, :2])], fill=color, width=line_width + 1)
+    r = line_width + 1
+    for x, y, _ in kps[shown]:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=color, outline=(255, 255, 255))
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:

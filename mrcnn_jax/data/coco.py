@@ -62,10 +62,16 @@ Features of one example (one image):
                        rasterised with pycocotools from polygons (several per
                        object are merged) or RLE (compressed or uncompressed)
 ``objects/area``       float32, the json ``area`` (mask area if absent)
+``keypoints``          float32 [n * 3K], every object's ``keypoints`` (x, y, v)
+                       in original pixels, flattened (0 where an annotation has
+                       none); K from the categories' ``keypoints`` names (0 for
+                       instance jsons). :func:`load_coco` gives them as
+                       ``objects/keypoints`` [n, 3K]
 =====================  =========================================================
 
 The class names and category ids (sorted by id) are stored in the dataset's
-metadata (:func:`coco_class_names`, :func:`coco_label_map`) together with
+metadata (:func:`coco_class_names`, :func:`coco_label_map`; keypoint names
+and skeleton: :func:`coco_keypoint_info`) together with
 per-split counts of what was skipped (:func:`coco_split_stats`).
 
 Bad input is found at build time, in Python (preparation is the one-time
@@ -237,11 +243,16 @@ def _object_feature(obj: coco_json.ObjectRecord, height: int,
   }
 
 
-def _encode_image(images_dir: str,
-                  image: coco_json.ImageRecord) -> tuple[dict, bool]:
+def _encode_image(images_dir: str, image: coco_json.ImageRecord,
+                  num_keypoints: int = 0) -> tuple[dict, bool]:
   data, reencoded = _image_bytes(os.path.join(images_dir, image.file_name),
                                  image)
+  keypoints = np.zeros((len(image.objects), 3 * num_keypoints), np.float32)
+  for i, o in enumerate(image.objects):
+    if o.keypoints is not None:
+      keypoints[i] = o.keypoints
   return {
+      "keypoints": keypoints.reshape(-1),
       "image": data,
       "image_id": image.id,
       "file_name": image.file_name,
@@ -282,8 +293,9 @@ def _source_fingerprint(path: str) -> dict[str, Any]:
 class MrcnnCoco(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   """COCO-format instance segmentation (boxes, classes, crowd, masks)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Keypoints (COCO person-keypoints jsons) and their names."}
   BUILDER_CONFIGS = [COCO2017]
   DEFAULT_CONFIG_NAME = "coco2017"
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -309,6 +321,7 @@ class MrcnnCoco(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
                     encoding_format="png"),
                 "area": tfds.features.Scalar(dtype=np.float32),
             }),
+            "keypoints": tfds.features.Tensor(shape=(None,), dtype=np.float32),
         }),
         supervised_keys=None,
         metadata=tfds.core.MetadataDict(),
@@ -335,26 +348,30 @@ class MrcnnCoco(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
         categories, source_of_categories = cats, json_path
         metadata["class_names"] = [name for _, name in categories]
         metadata["category_ids"] = [cid for cid, _ in categories]
+        names, skeleton = coco_json.keypoint_categories(json_path, data)
+        metadata["keypoint_names"], metadata["keypoint_skeleton"] = names, skeleton
       elif cats != categories:
         raise ValueError(
             f"mrcnn_coco: the categories of {json_path} differ from those of "
             f"{source_of_categories}; both splits need the same (id, name) "
             "list")
       images, stats = coco_json.read_split(json_path, data,
-                                           metadata["category_ids"])
+                                           metadata["category_ids"],
+                                           len(metadata["keypoint_names"]))
       del data  # the images keep what they need
       coco_json.check_image_files(json_path, images_dir, images)
       coco_json.log_skipped(split, stats)
       stats.update(json=json_path, images=images_dir,
                    json_fingerprint=_source_fingerprint(json_path))
       metadata["splits"][split] = stats
-      generators[split] = self._generate_examples(split, images_dir, images,
-                                                  stats)
+      generators[split] = self._generate_examples(
+          split, images_dir, images, stats, len(metadata["keypoint_names"]))
     return generators
 
-  def _generate_examples(self, split, images_dir, images, stats):
+  def _generate_examples(self, split, images_dir, images, stats,
+                         num_keypoints=0):
     workers = min(8, os.cpu_count() or 1)
-    encode = lambda im: (im.id, _encode_image(images_dir, im))
+    encode = lambda im: (im.id, _encode_image(images_dir, im, num_keypoints))
     reencoded = 0
     for image_id, (example, was_reencoded) in _imap_ordered(encode, images,
                                                             workers):
@@ -455,6 +472,17 @@ def coco_label_map(builder: MrcnnCoco,
   return {i: i for i in range(1, max(meta["category_ids"]) + 1)}
 
 
+def coco_keypoint_info(builder: MrcnnCoco) -> dict[str, Any]:
+  """``keypoint_names`` and ``keypoint_skeleton`` (1-based index pairs) of
+  the dataset's categories; {} for a dataset without keypoints."""
+  meta = _metadata(builder)
+  names = list(meta.get("keypoint_names") or [])
+  if not names:
+    return {}
+  return {"keypoint_names": tuple(names),
+          "keypoint_skeleton": tuple(tuple(p) for p in meta.get("keypoint_skeleton", []))}
+
+
 def coco_split_stats(builder: MrcnnCoco, split: str) -> dict[str, Any]:
   """What preparing `split` found: image / object counts and the skipped
   annotations by reason (``skipped_*``), with up to 20 of their ids."""
@@ -491,6 +519,17 @@ def load_coco(builder: MrcnnCoco,
   ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
                           read_config=read_config,
                           decoders=image_decoders(decode))
+  num_keypoints = len(coco_keypoint_info(builder).get("keypoint_names", ()))
+
+  def keypoints_per_object(example):
+    example = dict(example)
+    flat = example.pop("keypoints")
+    objects = dict(example["objects"])
+    if num_keypoints:
+      objects["keypoints"] = tf.reshape(flat, [-1, 3 * num_keypoints])
+    return dict(example, objects=objects)
+
+  ds = ds.map(keypoints_per_object, num_parallel_calls=tf.data.AUTOTUNE)
   if _label_space(label_space) == "coco_ids":
     def to_category(example):
       objects = dict(example["objects"])

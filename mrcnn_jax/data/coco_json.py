@@ -8,6 +8,8 @@ tested without the TFDS builder in ``coco.py``, which calls it at build time:
 * :func:`load_json`, :func:`categories`, :func:`read_split`: read a json and
   check every record; return the images with the annotations that passed, and
   the counts of what was skipped (:func:`log_skipped` logs them).
+* :func:`keypoint_categories`: the keypoint names and skeleton of the
+  categories (COCO's person-keypoints format), if any.
 * :func:`check_image_files`: raises if image files are missing.
 * :func:`object_mask`: the 0/1 mask of one annotation, by pycocotools.
 
@@ -208,6 +210,31 @@ def categories(path: str, data: Mapping[str, Any]) -> list[tuple[int, str]]:
   return sorted(cats.items())
 
 
+def keypoint_categories(path: str, data: Mapping[str, Any]
+                        ) -> tuple[list[str], list[list[int]]]:
+  """(keypoint names, skeleton as 1-based index pairs) of the categories
+  that list ``keypoints`` (COCO's person_keypoints jsons); ([], []) when
+  none does. All such categories must list the same names."""
+  found = None
+  for i, cat in enumerate(data["categories"]):
+    names = cat.get("keypoints") if isinstance(cat, dict) else None
+    if names is None:
+      continue
+    skeleton = cat.get("skeleton", [])
+    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+        or not isinstance(skeleton, list)
+        or not all(isinstance(p, list) and len(p) == 2 and all(
+            _is_int(j) and 1 <= j <= len(names) for j in p) for p in skeleton)):
+      raise ValueError(f"mrcnn_coco: {path}: categories[{i}] has malformed 'keypoints' "
+                       "(a list of names) or 'skeleton' (pairs of 1-based keypoint "
+                       "indices)")
+    if found is not None and found[0] != names:
+      raise ValueError(f"mrcnn_coco: {path}: categories list different 'keypoints' "
+                       "names; one set of keypoints per dataset is supported")
+    found = (names, [[int(j) for j in p] for p in skeleton])
+  return found if found is not None else ([], [])
+
+
 @dataclasses.dataclass
 class ObjectRecord:
   """One annotation that passed the checks (original pixels)."""
@@ -220,6 +247,7 @@ class ObjectRecord:
   area: float | None
   polygons: list[list[float]] | None  # or
   rle: dict[str, Any] | None  # compressed: {"size": [h, w], "counts": bytes}
+  keypoints: list[float] | None = None  # [x, y, v] * K, original pixels
 
 
 @dataclasses.dataclass
@@ -325,11 +353,27 @@ def _segmentation(path, ann, height, width, counters):
                    f"RLE dict, got {type(seg).__name__}")
 
 
-def read_split(path: str, data: Mapping[str, Any], category_ids: list[int]
-               ) -> tuple[list[ImageRecord], dict[str, Any]]:
+def _keypoints(where: str, ann, num_keypoints: int) -> list[float] | None:
+  """An annotation's ``keypoints`` ([x, y, v] * K numbers, v in 0..2), or
+  None (unlabelled) when it has none or num_keypoints is 0."""
+  kp = ann.get("keypoints")
+  if not num_keypoints or kp is None:
+    return None
+  if (not isinstance(kp, list) or len(kp) != 3 * num_keypoints
+      or not all(_is_number(v) and math.isfinite(v) for v in kp)
+      or not all(kp[i] in (0, 1, 2) for i in range(2, len(kp), 3))):
+    raise ValueError(f"{where}: 'keypoints' must be {3 * num_keypoints} finite numbers "
+                     f"[x1, y1, v1, ...] with v in 0, 1, 2 (the category lists "
+                     f"{num_keypoints} keypoints), got {str(kp)[:80]}")
+  return [float(v) for v in kp]
+
+
+def read_split(path: str, data: Mapping[str, Any], category_ids: list[int],
+               num_keypoints: int = 0) -> tuple[list[ImageRecord], dict[str, Any]]:
   """Checks one loaded json (`data`, read from `path`; labels index
   `category_ids`); returns its images (with their objects, in json order) and
-  the counts of what was skipped."""
+  the counts of what was skipped. With ``num_keypoints`` K > 0 each
+  object's ``keypoints`` are read too (see :func:`keypoint_categories`)."""
   label_of = {cid: i for i, cid in enumerate(category_ids)}
   max_pixels = max_image_pixels()
   images: dict[int, ImageRecord] = {}
@@ -411,7 +455,7 @@ def read_split(path: str, data: Mapping[str, Any], category_ids: list[int]
         id=int(aid), label=label_of[ann["category_id"]],
         category_id=int(ann["category_id"]), is_crowd=bool(crowd),
         box=(x1, y1, x2, y2), area=None if area is None else float(area),
-        polygons=polygons, rle=rle))
+        polygons=polygons, rle=rle, keypoints=_keypoints(where, ann, num_keypoints)))
   stats = {
       "num_images": len(images),
       "num_annotations": len(data["annotations"]),

@@ -20,6 +20,9 @@ Input: each element of ``ds`` is a dict in the layout TFDS decodes
 ``objects/is_crowd``   bool [n], optional: COCO ``iscrowd`` regions. They never
                        become ground truth (so never positives); they are
                        dropped and counted in ``num_crowd``. Absent = no crowd.
+``objects/keypoints``  float [n, K, 3] or [n, 3K], (x, y, v) in original
+                       pixels, v = 0 unlabelled; read when ``num_keypoints``
+                       is K > 0 (Keypoint R-CNN)
 =====================  =========================================================
 
 Other fields (``height``, ``objects/category_id``, ...) are ignored. Images
@@ -58,6 +61,13 @@ Output: one dict per batch (numpy through :func:`numpy_batches`):
 ``stream_index``   int64 [...]     the example's place in the input stream
                                    (see "Determinism and resuming"); -1 for
                                    padding examples
+``gt_keypoints``   float32         [..., N, K, 3] (x, y, v) in pixels of the
+                                   resized (and flipped) image, only with
+                                   ``num_keypoints`` K > 0; unlabelled
+                                   keypoints and padding are all 0. A flip
+                                   mirrors x and swaps left and right
+                                   (``keypoint_flip_map``: keypoint i takes
+                                   the place of ``flip_map[i]``)
 =================  ==============  ============================================
 
 Sizes, canvases and normalisation are those of an
@@ -261,9 +271,36 @@ def _canvas(spec: InputSpec, new_h, new_w):
   return canvas_hw[0], canvas_hw[1]
 
 
+def _keypoints(objects, keep, num_keypoints: int):
+  """objects/keypoints at `keep` -> float32 [k, K, 3] in original pixels."""
+  if "keypoints" not in objects:
+    raise ValueError("pipeline: num_keypoints > 0 but the example has no "
+                     "'objects/keypoints' (a dataset without keypoints?)")
+  kp = tf.cast(objects["keypoints"], tf.float32)
+  kp = tf.reshape(tf.gather(tf.reshape(kp, [-1, 3 * num_keypoints]), keep),
+                  [-1, num_keypoints, 3])
+  return kp
+
+
+def _resize_flip_keypoints(kp, ratio_x, ratio_y, new_w, flip, flip_map):
+  """[k, K, 3] keypoints: per-axis resize, then the flip (x -> new_w - x,
+  left/right swapped by `flip_map`); unlabelled ones are all 0."""
+  x, y, v = tf.unstack(kp, axis=-1)
+  x, y = x * ratio_x, y * ratio_y
+  if flip_map is not None:
+    fx = tf.gather(new_w - x, flip_map, axis=1)
+    fy = tf.gather(y, flip_map, axis=1)
+    fv = tf.gather(v, flip_map, axis=1)
+    x, y, v = (tf.where(flip, a, b) for a, b in ((fx, x), (fy, y), (fv, v)))
+  labelled = v > 0
+  return tf.stack([tf.where(labelled, x, 0.0), tf.where(labelled, y, 0.0), v], axis=-1)
+
+
 def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
                        min_size=None, max_instances: int,
-                       gt_mask_size: int) -> dict[str, Any]:
+                       gt_mask_size: int, num_keypoints: int = 0,
+                       keypoint_flip_map: Sequence[int] | None = None
+                       ) -> dict[str, Any]:
   """One example in the input layout -> one unbatched output dict.
 
   Works eagerly and inside ``tf.data`` (graph mode). ``flip`` (Python bool or
@@ -272,9 +309,15 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
   ``spec.eval_min_size``. The image is resized, normalised and padded by the
   ``spec``; with orientation buckets ``image`` has a static shape of
   ``[None, None, 3]``. See the module docstring for the input and output
-  layouts; boxes are ``xyxy`` in pixels of the resized image.
+  layouts; boxes are ``xyxy`` in pixels of the resized image. With
+  ``num_keypoints`` K > 0, ``gt_keypoints`` too (``keypoint_flip_map``, a
+  permutation of range(K), is required then).
   """
   _check_fields(example)
+  if num_keypoints and (keypoint_flip_map is None
+                        or sorted(keypoint_flip_map) != list(range(num_keypoints))):
+    raise ValueError(f"pipeline: keypoint_flip_map must be a permutation of "
+                     f"range({num_keypoints}), got {keypoint_flip_map!r}")
   if min_size is None:
     min_size = spec.eval_min_size
   flip = tf.cast(flip, tf.bool)
@@ -317,6 +360,8 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
   boxes = tf.gather(boxes, keep)
   labels = tf.gather(labels, keep)
   masks = _gather_masks(objects["mask"], keep, height, width)
+  if num_keypoints:
+    keypoints = _keypoints(objects, keep, num_keypoints)
 
   # --- Mask targets from the full-resolution masks, before the resize. ----
   gt_masks = crop_masks_to_boxes(masks, boxes, gt_mask_size)
@@ -366,6 +411,13 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
       "num_invalid": num_invalid,
       "num_crowd": num_crowd,
   }
+  if num_keypoints:
+    keypoints = _resize_flip_keypoints(
+        keypoints, new_wf / wf, new_hf / hf, new_wf, flip,
+        tf.constant(keypoint_flip_map, tf.int32))
+    out["gt_keypoints"] = tf.ensure_shape(
+        tf.pad(keypoints, [[0, pad_n], [0, 0], [0, 0]]),
+        [max_instances, num_keypoints, 3])
   out["gt_boxes"] = tf.ensure_shape(out["gt_boxes"], [max_instances, 4])
   out["gt_labels"] = tf.ensure_shape(out["gt_labels"], [max_instances])
   out["gt_masks"] = tf.ensure_shape(
@@ -373,13 +425,16 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
   return out
 
 
-def _padding_examples(count, canvas_hw, max_instances, gt_mask_size):
+def _padding_examples(count, canvas_hw, max_instances, gt_mask_size,
+                      num_keypoints=0):
   """`count` blank examples (image_id -1) of canvas (H, W) (ints or a tensor)
   that fill a final partial batch; leading axis `count`."""
   canvas_hw = tf.cast(tf.stack([canvas_hw[0], canvas_hw[1]]), tf.int32)
   zeros = lambda shape, dtype: tf.zeros(tf.concat(
       [[count], tf.cast(tf.reshape(shape, [-1]), tf.int32)], 0), dtype)
-  return {
+  out = {} if not num_keypoints else {
+      "gt_keypoints": zeros([max_instances, num_keypoints, 3], tf.float32)}
+  return dict(out, **{
       "image": zeros(tf.concat([canvas_hw, [3]], 0), tf.float32),
       "image_size": tf.tile(canvas_hw[None], [count, 1]),
       "orig_size": tf.tile(canvas_hw[None], [count, 1]),
@@ -394,7 +449,7 @@ def _padding_examples(count, canvas_hw, max_instances, gt_mask_size):
       "num_invalid": zeros([], tf.int32),
       "num_crowd": zeros([], tf.int32),
       "stream_index": tf.fill([count], tf.constant(-1, tf.int64)),
-  }
+  })
 
 
 def epoch_seed(seed: int, epoch):
@@ -464,7 +519,10 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
                   epoch_size: int | None = None,
                   drop_remainder: bool = True, prefetch: int = 2,
                   cache: bool = False,
-                  num_parallel_calls: int | None = None) -> tf.data.Dataset:
+                  num_parallel_calls: int | None = None,
+                  num_keypoints: int = 0,
+                  keypoint_flip_map: Sequence[int] | None = None
+                  ) -> tf.data.Dataset:
   """Examples -> batches of static shape with leading dims `batch_dims`.
 
   Args:
@@ -498,6 +556,8 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
     prefetch: batches to prefetch (0 for none).
     cache: cache the input examples in memory after the first pass.
     num_parallel_calls: parallelism of the per-example map (AUTOTUNE).
+    num_keypoints: K > 0 adds ``gt_keypoints`` (``objects/keypoints`` of
+      the input); ``keypoint_flip_map`` is then the left/right permutation.
 
   Returns:
     A ``tf.data.Dataset`` of batch dicts (module docstring), deterministic
@@ -553,7 +613,8 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
       size = min_sizes[-1] if train else spec.eval_min_size
     out = preprocess_example(
         example, spec=spec, flip=flip, min_size=size,
-        max_instances=max_instances, gt_mask_size=gt_mask_size)
+        max_instances=max_instances, gt_mask_size=gt_mask_size,
+        num_keypoints=num_keypoints, keypoint_flip_map=keypoint_flip_map)
     return dict(out, stream_index=index)
 
   ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
@@ -577,7 +638,7 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
     def fill(batch):
       missing = batch_size - tf.shape(batch["image_id"])[0]
       filler = _padding_examples(missing, tf.shape(batch["image"])[1:3],
-                                 max_instances, gt_mask_size)
+                                 max_instances, gt_mask_size, num_keypoints)
       out = {}
       for key, value in batch.items():
         out[key] = tf.concat([value, filler[key]], axis=0)
