@@ -273,7 +273,13 @@ def main(argv=None):
   except (ConfigOverrideError, FileNotFoundError) as e:
     sub.choices[args.command].error(str(e))  # exits with status 2
   _setup_logging()
-  args.fn(args)
+  try:
+    args.fn(args)
+  except MemoryError as e:  # the check before the first step: its message, no traceback
+    from mrcnn_jax.programs import InsufficientMemoryError
+    if not isinstance(e, InsufficientMemoryError):
+      raise
+    raise SystemExit(f"mrcnn-jax {args.command}: {e}") from None
 
 
 if __name__ == "__main__":
