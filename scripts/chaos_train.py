@@ -46,6 +46,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's mrcnn_jax, not an installed one
 
 
 def parse_args(argv=None):
