@@ -261,7 +261,7 @@ def _train_split_size(config) -> int:
   """Examples in one epoch of the training input, from the dataset's
   metadata (no reading)."""
   d = config.data
-  if d.name == "shapes":
+  if d.name in SYNTHETIC:  # generated with num_train examples
     return int(d.num_train)
   builder = _coco_builder(config)
   n = builder.info.splits["train"].num_examples
