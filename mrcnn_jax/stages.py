@@ -118,8 +118,9 @@ def compare_poolers(image: np.ndarray, boxes_xyxy: np.ndarray, *, stride: int = 
   ``stride`` stands for a stride-``stride`` feature map; each box is pooled
   from it by RoIAlign (aligned, bilinear at exact positions), RoIWarp (the box
   rounded to the grid, then bilinear) and RoIPool (box and bins rounded, max),
-  and compared with the box's true content, RoIAlign on the full-resolution
-  image with 4 x 4 samples per bin per stride of box.
+  and compared with the box's true content: RoIAlign on the full-resolution
+  image with ``stride`` x ``stride`` samples per bin (about two per pixel
+  for bins of ``stride`` / 2 pixels or more).
 
   Args:
     image: [H, W, 3] float (any scale), H and W multiples of ``stride``.
@@ -140,7 +141,7 @@ def compare_poolers(image: np.ndarray, boxes_xyxy: np.ndarray, *, stride: int = 
   scale = 1.0 / stride
   out = {
       "reference": roi_align(image, boxes, output_size, spatial_scale=1.0,
-                             sampling_ratio=4 * stride, aligned=True),
+                             sampling_ratio=stride, aligned=True),
       "align": roi_align(fmap, boxes, output_size, spatial_scale=scale,
                          sampling_ratio=sampling_ratio, aligned=True),
       "warp": roi_warp(fmap, boxes, output_size, spatial_scale=scale,

@@ -37,10 +37,11 @@ def main(argv=None):
   args = p.parse_args(argv)
   env = {"MRCNN_NOTEBOOK_QUICK": "1" if args.quick else "0", "MRCNN_NOTEBOOK_FIGURES": args.figures,
          "MRCNN_NOTEBOOK_WORKDIR": args.workdir, "MRCNN_NOTEBOOK_DATA_DIR": args.data_dir,
-         "MRCNN_NOTEBOOK_CHECKPOINT": args.checkpoint, "MPLBACKEND": "Agg"}
+         "MRCNN_NOTEBOOK_CHECKPOINT": args.checkpoint}
   for k, v in env.items():
     if v:
-      os.environ[k] = os.path.abspath(v) if k not in ("MRCNN_NOTEBOOK_QUICK", "MPLBACKEND") else v
+      os.environ[k] = os.path.abspath(v) if k != "MRCNN_NOTEBOOK_QUICK" else v
+  os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend keeps the images
   os.environ["PYTHONPATH"] = os.pathsep.join(
       [REPO] + [q for q in os.environ.get("PYTHONPATH", "").split(os.pathsep) if q])
   for name in args.only.split(","):

@@ -47,7 +47,6 @@ def notebook_env(tmp_path_factory):
       "MRCNN_NOTEBOOK_DATA_DIR": str(root / "tfds"),
       "MRCNN_NOTEBOOK_FIGURES": str(root / "figures"),
       "MRCNN_NOTEBOOK_WORKDIR": str(root / "work"),
-      "MPLBACKEND": "Agg",
       "PYTHONPATH": os.pathsep.join([REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(
           os.pathsep) if p]),
   }
@@ -62,6 +61,12 @@ def _image_outputs(nb) -> int:
 def test_notebook_runs_and_draws(name, notebook_env, monkeypatch):
   for k, v in notebook_env.items():
     monkeypatch.setenv(k, v)
+  monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend shows images
+  trained = os.path.join(notebook_env["MRCNN_NOTEBOOK_WORKDIR"], "train_step_by_step")
+  if name == "use_a_model" and os.path.isdir(trained):
+    # train_step_by_step's checkpoint (it ran first in this process): saves
+    # a training run; without it use_a_model trains the tiny model itself.
+    monkeypatch.setenv("MRCNN_NOTEBOOK_CHECKPOINT", trained)
   nb = jupytext.read(os.path.join(NOTEBOOKS, f"{name}.py"))
   client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                    resources={"metadata": {"path": NOTEBOOKS}})
@@ -83,6 +88,8 @@ def test_notebook_runs_and_draws(name, notebook_env, monkeypatch):
     assert results["proposals_after_nms"] <= results["candidates_before_nms"]
   elif name == "use_a_model":
     assert results["images"] == 4
+    assert results["weights"].startswith(("trained here", os.path.join(notebook_env[
+        "MRCNN_NOTEBOOK_WORKDIR"], "train_step_by_step")))
     assert results["exported_same_detections"] is True
     assert results["exported_max_box_diff_px"] < 1e-3
   elif name == "inspect_data":
