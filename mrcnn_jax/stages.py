@@ -112,6 +112,23 @@ def channel_rms(feature_map: np.ndarray) -> np.ndarray:
   return np.sqrt(np.mean(np.square(f), axis=-1))
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _pool_image(image, boxes, stride: int, output_size: int, sampling_ratio: int):
+  """``compare_poolers``' crops, one program."""
+  h, w = image.shape[:2]
+  fmap = image.reshape(h // stride, stride, w // stride, stride, -1).mean(axis=(1, 3))
+  scale = 1.0 / stride
+  return {
+      "reference": roi_align(image, boxes, output_size, spatial_scale=1.0,
+                             sampling_ratio=stride, aligned=True),
+      "align": roi_align(fmap, boxes, output_size, spatial_scale=scale,
+                         sampling_ratio=sampling_ratio, aligned=True),
+      "warp": roi_warp(fmap, boxes, output_size, spatial_scale=scale,
+                       sampling_ratio=sampling_ratio),
+      "pool": roi_pool(fmap, boxes, output_size, spatial_scale=scale),
+  }
+
+
 def compare_poolers(image: np.ndarray, boxes_xyxy: np.ndarray, *, stride: int = 8,
                     output_size: int = 7, sampling_ratio: int = 2) -> dict:
   """What RoIAlign fixes, on an image: the image average-pooled by
@@ -136,18 +153,8 @@ def compare_poolers(image: np.ndarray, boxes_xyxy: np.ndarray, *, stride: int = 
   if image.ndim != 3 or h % stride or w % stride:
     raise ValueError(f"compare_poolers: image must be [H, W, C] with H and W multiples of "
                      f"stride={stride}, got {image.shape}")
-  boxes = jnp.asarray(boxes_xyxy, jnp.float32).reshape(-1, 4)
-  fmap = image.reshape(h // stride, stride, w // stride, stride, -1).mean(axis=(1, 3))
-  scale = 1.0 / stride
-  out = {
-      "reference": roi_align(image, boxes, output_size, spatial_scale=1.0,
-                             sampling_ratio=stride, aligned=True),
-      "align": roi_align(fmap, boxes, output_size, spatial_scale=scale,
-                         sampling_ratio=sampling_ratio, aligned=True),
-      "warp": roi_warp(fmap, boxes, output_size, spatial_scale=scale,
-                       sampling_ratio=sampling_ratio),
-      "pool": roi_pool(fmap, boxes, output_size, spatial_scale=scale),
-  }
+  boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+  out = jax.device_get(_pool_image(image, boxes, stride, output_size, sampling_ratio))
   out = {k: np.asarray(v, np.float32) for k, v in out.items()}
   for k in ("align", "warp", "pool"):
     out[f"error_{k}"] = np.abs(out[k] - out["reference"]).mean(axis=(1, 2, 3))
