@@ -313,7 +313,7 @@ def evaluate_coco(
       gt: ground truth as a COCO dict, a path to a COCO json, or a ``COCO``.
       results: COCO result dicts (e.g. concatenated :func:`detections_to_coco`
         outputs over all images). Not modified.
-      iou_types: any of ``"bbox"``, ``"segm"``.
+      iou_types: any of ``"bbox"``, ``"segm"``, ``"keypoints"``.
       print_fn: receives pycocotools' output (the summary table) as one
         string per IoU type, e.g. ``print`` or ``logging.info``; None is silent.
       per_category: also return ``f"{iou_type}/AP-{category name}"`` for each

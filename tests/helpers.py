@@ -8,15 +8,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
 
-import shapes as shapes_exp  # noqa: E402
-import tiny  # noqa: E402
+import shapes_tiny  # noqa: E402
 
 
 def tiny_config(**overrides):
-  """The shapes experiment shrunk to seconds per step (for testing only)."""
-  c = tiny.shrink(shapes_exp.get_config())
-  c.total_steps = 3
-  c.num_sample_images = 2
+  """The shapes experiment shrunk to seconds per step (for testing only):
+  ``experiments/shapes_tiny.py`` with ``overrides`` (dotted keys)."""
+  c = shapes_tiny.get_config()
   for k, v in overrides.items():
     node = c
     *parents, leaf = k.split(".")

@@ -218,7 +218,7 @@ def label_to_category_id(config) -> dict[int, int]:
 def _keypoint_options(config, info=None) -> dict:
   """Pipeline keyword arguments for keypoints: none unless the model has a
   keypoint head (``config.model.keypoint_on``)."""
-  if not config.model.get("keypoint_on", False):
+  if not config.get("model", {}).get("keypoint_on", False):  # data-only configs have no model
     return {}
   info = info if info is not None else dataset_info(config)
   k = int(config.model.roi_heads.keypoint.num_keypoints)
