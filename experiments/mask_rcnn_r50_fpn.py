@@ -87,6 +87,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.log_every = 50
   config.max_consecutive_nonfinite = 5
+  # Before the first step the train (and evaluation) step is compiled and
+  # XLA's memory analysis compared with what the devices have (README,
+  # "Memory checked before the first step"); memory_limit_gb lowers that
+  # figure (e.g. on a shared machine).
+  config.check_memory = True
+  config.memory_limit_gb = ml_collections.FieldReference(None, field_type=float)
   config.eval_batch_size = 8
   # On a CPU, each batch is split over this many XLA:CPU devices; 0: one per
   # usable core, at most what divides the batch sizes (mrcnn_jax/runtime.py).

@@ -131,11 +131,12 @@ def cmd_train(args):
   from mrcnn_jax import runtime
   config = args.loaded_config
   runtime.configure_cpu_devices(config)  # before JAX's first computation
-  from mrcnn_jax import evaluate, experiment, train
+  from mrcnn_jax import checkpoints, evaluate, experiment, train
   workdir = args.workdir or os.path.join("workdir", os.path.splitext(
       os.path.basename(args.config or DEFAULT_CONFIG))[0])
+  checkpoints.check_writable(workdir)  # before preparing a dataset
   info = experiment.dataset_info(config)
-  state = train.train(config, workdir, info=info)
+  state = train.train(config, workdir, info=info, check_eval=not args.no_eval)
   if not args.no_eval:
     metrics = evaluate.evaluate_workdir(config, workdir, state=state, info=info)
     print({k: round(v, 2) for k, v in metrics.items()})
@@ -272,7 +273,13 @@ def main(argv=None):
   except (ConfigOverrideError, FileNotFoundError) as e:
     sub.choices[args.command].error(str(e))  # exits with status 2
   _setup_logging()
-  args.fn(args)
+  try:
+    args.fn(args)
+  except MemoryError as e:  # the check before the first step: its message, no traceback
+    from mrcnn_jax.programs import InsufficientMemoryError
+    if not isinstance(e, InsufficientMemoryError):
+      raise
+    raise SystemExit(f"mrcnn-jax {args.command}: {e}") from None
 
 
 if __name__ == "__main__":

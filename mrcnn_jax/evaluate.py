@@ -19,7 +19,7 @@ import flax
 import jax
 import numpy as np
 
-from mrcnn_jax import checkpoints
+from mrcnn_jax import checkpoints, programs
 from mrcnn_jax.client import to_original
 from mrcnn_jax.coco_eval import detections_to_coco, evaluate_coco, write_metrics_json
 from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD
@@ -34,6 +34,43 @@ def make_p_predict(model):
   return jax.pmap(lambda v, x, s: model.apply(v, x, s), axis_name="batch")
 
 
+def p_predict_program(model, check=None) -> programs.Program:
+  """:func:`make_p_predict` compiled ahead of time once per input shape and
+  run as compiled (programs shared in the process by equal models on the
+  same devices). ``check``: ``programs.memory_check``."""
+  return programs.Program(make_p_predict(model), ("predict", model, tuple(jax.local_devices())),
+                          check)
+
+
+def predict_spec(batch_dims, canvas) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+  """(images, image sizes) of one evaluation batch on canvas (H, W)."""
+  dims = tuple(batch_dims)
+  return (jax.ShapeDtypeStruct(dims + (*canvas, 3), np.float32),
+          jax.ShapeDtypeStruct(dims + (2,), np.int32))
+
+
+def prepare_predict(config, model, variables) -> None:
+  """Compiles the evaluation step for every canvas of the config ahead of
+  time and checks its memory (``programs.memory_check``): the trainer does
+  this before its first step, so an evaluation after training neither runs
+  out of memory nor compiles again."""
+  from mrcnn_jax.input_spec import InputSpec
+  devices = jax.local_devices()
+  ndev, per_dev = _eval_batch_dims(config)
+  rep = jax.tree.map(lambda x: jax.ShapeDtypeStruct((ndev,) + tuple(x.shape), x.dtype),
+                     dict(variables))
+  specs = [predict_spec((ndev, per_dev), c)
+           for c in InputSpec.from_config(config.data).canvases]
+  check = programs.memory_check(
+      config, devices, what="the evaluation step", per_device_batch=per_dev, resident=0,
+      host_extra=4 * programs.tree_bytes(specs[0]),
+      rebatch=lambda args, b: (args[0],) + tuple(programs.with_batch(args[1:], b)),
+      canvas=lambda args: args[1].shape[-3:-1], batch_flag="--config.eval_batch_size")
+  program = p_predict_program(model, check)
+  for images, sizes in specs:
+    program.compiled(rep, images, sizes)
+
+
 def predict(model, variables, batches: Iterable[dict], *, max_batches: int | None = None
             ) -> Iterator[tuple[dict, dict]]:
   """Yields (example, detections in original pixels) per real image.
@@ -41,7 +78,7 @@ def predict(model, variables, batches: Iterable[dict], *, max_batches: int | Non
   ``example`` holds the image's ``image_id``, ``orig_size``, ``image_size``
   and its normalised network input ``image``.
   """
-  p_predict = make_p_predict(model)
+  p_predict = p_predict_program(model)
   rep = flax.jax_utils.replicate(variables)
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
@@ -136,6 +173,10 @@ def state_variables(state) -> dict:
   return variables
 
 
+def _eval_batch_dims(config) -> tuple[int, int]:
+  return programs.split_over_devices(config.eval_batch_size, "config.eval_batch_size")
+
+
 def evaluate_workdir(config, workdir: str, state=None, checkpoint: str | None = None,
                      info=None) -> dict:
   """Evaluates ``state``, a ``checkpoint`` (converted directory or torchvision
@@ -147,17 +188,14 @@ def evaluate_workdir(config, workdir: str, state=None, checkpoint: str | None = 
   from mrcnn_jax.input_spec import InputSpec
 
   info = info if info is not None else experiment.dataset_info(config)
-  ndev = jax.local_device_count()
-  if config.eval_batch_size % ndev:
-    raise ValueError(f"config.eval_batch_size={config.eval_batch_size} is not divisible by "
-                     f"the {ndev} local devices")
+  ndev, per_dev = _eval_batch_dims(config)
   model = experiment.build_model(config, info)
   if state is not None:
     variables, step = state_variables(state), int(state.step)
   else:
     variables, step = load_inference_variables(model, workdir=workdir, checkpoint=checkpoint)
   spec = InputSpec.from_config(config.data)
-  batches = datasets.eval_iterator(config, (ndev, config.eval_batch_size // ndev))
+  batches = datasets.eval_iterator(config, (ndev, per_dev))
   return evaluate(model, variables, batches, datasets.eval_coco_gt(config),
                   class_names=info.class_names, workdir=workdir, step=step,
                   num_samples=config.num_sample_images,

@@ -18,6 +18,7 @@ the input pipeline (``mrcnn_jax.data``) does, and it is imported lazily.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +35,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mrcnn_jax import checkpoints
+from mrcnn_jax import checkpoints, programs
+from mrcnn_jax.data.stream import StreamPosition
+from mrcnn_jax.input_spec import InputSpec
 from mrcnn_jax.model import init_params
 
 log = logging.getLogger("mrcnn_jax")
@@ -233,13 +236,30 @@ def replicate(tree, devices=None):
   ``device_put_replicated`` result differs in its mesh axis name and costs a
   second compilation)."""
   tree = flax.jax_utils.replicate(tree, devices)
-  return jax.pmap(lambda x: x, axis_name="batch", devices=devices)(tree)
+  return _identity_pmap(None if devices is None else tuple(devices))(tree)
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_pmap(devices):
+  """One pmapped identity per device tuple: compiled once per tree
+  structure in the process, not at every ``replicate``."""
+  return jax.pmap(lambda x: x, axis_name="batch", devices=devices)
 
 
 def unreplicate(tree):
-  """First device's copy of a replicated tree. (flax's ``unreplicate`` reads
-  the first addressable shard, which keeps a leading axis of 1 for arrays
-  that pmap returns with a named sharding.)"""
+  """First device's copy of a replicated tree, on that device. It reads each
+  array's first shard (no computation; flax's ``unreplicate`` would keep a
+  leading axis of 1 for arrays that pmap returns with a named sharding) and
+  drops the leading axis in one jitted call: indexing each of the state's
+  hundreds of arrays eagerly cost half a second per checkpoint."""
+  def first_shard(x):
+    data = x.addressable_shards[0].data if isinstance(x, jax.Array) else np.asarray(x)[:1]
+    return data if data.ndim == np.ndim(x) else data[None]
+  return _drop_leading_axis(jax.tree.map(first_shard, tree))
+
+
+@jax.jit
+def _drop_leading_axis(tree):
   return jax.tree.map(lambda x: x[0], tree)
 
 
@@ -247,6 +267,30 @@ def make_p_train_step(model, tx, loss_weights):
   return jax.pmap(functools.partial(train_step, model=model, tx=tx,
                                     loss_weights=dict(loss_weights), axis_name="batch"),
                   axis_name="batch", donate_argnums=(0,))
+
+
+def batch_spec(config, batch_dims, canvas) -> dict[str, jax.ShapeDtypeStruct]:
+  """The train step's inputs on one canvas (H, W), as the input pipeline
+  gives them (``mrcnn_jax/data/pipeline.py``): ``[*batch_dims, ...]``."""
+  n, s = config.data.max_instances, config.data.gt_mask_size
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(tuple(batch_dims) + tuple(shape), dtype)
+  out = {"image": spec((*canvas, 3), jnp.float32), "image_size": spec((2,), jnp.int32),
+         "gt_boxes": spec((n, 4), jnp.float32), "gt_labels": spec((n,), jnp.int32),
+         "gt_valid": spec((n,), jnp.bool_), "gt_masks": spec((n, s, s), jnp.float32)}
+  if config.model.get("keypoint_on", False):  # (x, y, visibility) per keypoint
+    k = int(config.model.roi_heads.keypoint.num_keypoints)
+    out["gt_keypoints"] = spec((n, k, 3), jnp.float32)
+  return out
+
+
+def p_train_step(config, model, tx, check=None) -> programs.Program:
+  """The pmapped :func:`train_step` compiled ahead of time once per batch
+  signature (one program per canvas) and run as compiled; programs are
+  shared in the process by runs of the same model, optimizer config, loss
+  weights and devices. ``check``: ``programs.memory_check``."""
+  key = ("train_step", model, config.optimizer.to_json(),
+         tuple(sorted(dict(config.loss_weights).items())), tuple(jax.local_devices()))
+  return programs.Program(make_p_train_step(model, tx, config.loss_weights), key, check)
 
 
 # ============================================================================
@@ -313,30 +357,59 @@ class _Preemption:
 
 
 def device_batch_dims(config) -> tuple[int, int]:
-  n = jax.local_device_count()
-  if config.batch_size % n:
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                     f"{n} local devices")
-  return n, config.batch_size // n
+  return programs.split_over_devices(config.batch_size, "config.batch_size")
 
 
-def train_batches(config, skip_examples: int) -> Iterator[dict]:
-  """The training input (tf.data; imported here so the rest needs no TF)."""
+def train_batches(config, start: StreamPosition | None = None) -> Iterator[dict]:
+  """The training input from ``start`` (tf.data; imported here so the rest
+  needs no TF)."""
   from mrcnn_jax.data import datasets
-  return datasets.train_iterator(config, device_batch_dims(config), skip_examples)
+  return datasets.train_iterator(config, device_batch_dims(config), start)
+
+
+def input_position(meta: Mapping | None, step: int, config) -> StreamPosition:
+  """Where the input resumes: the position saved with the checkpoint
+  (``mrcnn_jax/data/stream.py``); for a checkpoint of an older mrcnn_jax,
+  which saved none, the example after the ``step * batch_size`` seen."""
+  if step == 0 or meta is None:
+    return StreamPosition()
+  if meta.get("input") is not None:
+    return StreamPosition.from_json(meta["input"])
+  log.warning("the checkpoint of step %d saved no input position (an older mrcnn_jax, or "
+              "batches given to train()): the input resumes at example %d of the stream, "
+              "not exactly where it stopped", step, step * config.batch_size)
+  return StreamPosition(step * config.batch_size)
+
+
+def input_fingerprint(config) -> str:
+  """A digest of what the input stream depends on (data config, seed,
+  global batch): a run resumed with another one still trains, but not on
+  the input the uninterrupted run would have read."""
+  text = json.dumps({"data": json.loads(config.data.to_json_best_effort()),
+                     "seed": config.seed, "batch_size": config.batch_size}, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          batches: Iterator[dict] | None = None, info=None) -> TrainState:
-  """Trains until ``config.total_steps``, resuming from ``workdir``'s latest
-  checkpoint. ``info``: the dataset's facts (``experiment.dataset_info``),
-  read here when not given. Returns the final (unreplicated) state."""
+          batches: Iterator[dict] | None = None, info=None, check_eval: bool = False
+          ) -> TrainState:
+  """Trains until ``config.total_steps``, resuming exactly from ``workdir``'s
+  newest intact checkpoint. ``info``: the dataset's facts
+  (``experiment.dataset_info``), read here when not given.
+
+  Before the first step the train step is compiled for every canvas of the
+  config (and, with ``check_eval``, the evaluation step for the evaluation
+  that follows) and its memory is checked against the devices' (see
+  ``mrcnn_jax/programs.py``; ``config.check_memory``). ``batches``: batches to
+  train on instead of the config's input (then the input position is not
+  saved). Returns the final (unreplicated) state.
+  """
   from tqdm.auto import tqdm
 
   from mrcnn_jax import experiment
   from mrcnn_jax.model import variables_template
+  checkpoints.check_writable(workdir)  # at once, not at the first checkpoint
   info = info if info is not None else experiment.dataset_info(config)
-  os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   with open(os.path.join(workdir, "dataset.json"), "w") as f:  # facts the model was sized by
@@ -353,8 +426,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   model = experiment.build_model(config, info)
   template = variables_template(model)
   tx = make_optimizer(config, template["params"], model)
-  mngr = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
-  state, _ = checkpoints.restore_train_state(mngr, train_state_template(template, tx))
+  state_template = train_state_template(template, tx)
+  checkpoints.check_writable(workdir, need_bytes=programs.tree_bytes(state_template))
+  mngr, state, meta = checkpoints.restore_latest_intact(workdir, state_template,
+                                                        config.keep_checkpoints)
   if state is not None:
     log.info("resumed from %s at step %d", mngr.directory, int(state.step))
   else:
@@ -364,18 +439,48 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     log.info("already at step %d >= total_steps %d", start, config.total_steps)
     mngr.close()
     return state
+  position = input_position(meta, start, config)
+  fingerprint = input_fingerprint(config)
+  if meta and meta.get("input_fingerprint") not in (None, fingerprint):
+    log.warning("config.data, config.seed or config.batch_size changed since step %d was "
+                "saved: training continues, but not on the input an uninterrupted run "
+                "would have read", start)
 
-  if batches is None:
-    batches = train_batches(config, skip_examples=start * config.batch_size)
-  p_step = make_p_train_step(model, tx, config.loss_weights)
   pstate = replicate(state, devices)
   prng = replicate(step_rng, devices)
+  specs = [batch_spec(config, (ndev, per_dev), canvas)
+           for canvas in InputSpec.from_config(config.data).canvases]
+  check = programs.memory_check(
+      config, devices, what="the train step", per_device_batch=per_dev,
+      resident=programs.tree_bytes(state),
+      # the batches prefetched, the one in use and one being assembled
+      host_extra=4 * programs.tree_bytes(specs[0]),
+      rebatch=lambda args, b: (args[0], programs.with_batch(args[1], b), args[2]),
+      canvas=lambda args: args[1]["image"].shape[-3:-1], batch_flag="--config.batch_size",
+      advice=lambda b: (f" and --config.optimizer.base_lr="
+                        f"{config.optimizer.base_lr * b / config.batch_size:g} (the learning "
+                        "rate scaled with the batch, Detectron2's linear scaling rule)"))
+  p_step = p_train_step(config, model, tx, check)
+  t0 = time.time()
+  for s in specs:  # ahead of time: every canvas's program, checked before any step
+    p_step.compiled(pstate, s, prng)
+  if check_eval:
+    from mrcnn_jax import evaluate
+    evaluate.prepare_predict(config, model, evaluate.state_variables(state))
+  log.info("train step%s compiled and checked in %.1f s",
+           " and evaluation" if check_eval else "", time.time() - t0)
+
+  if batches is None:
+    batches = train_batches(config, position)
   writer = SummaryWriter(workdir)
   schedule = learning_rate_schedule(config)
 
   def meta_for(step):
-    return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed}
+    return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed,
+            "input": position.to_json() if track_input else None,
+            "input_fingerprint": fingerprint}
 
+  track_input = True
   t_last, step_last = time.time(), start
   metrics_acc = []
   # Ground truth the pipeline had to leave out, reported rather than dropped
@@ -387,6 +492,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   with _Preemption() as preempt:
     for step in range(start + 1, config.total_steps + 1):
       batch = next(batches)
+      if track_input and "stream_index" in batch:
+        try:
+          position = position.after(batch["stream_index"])
+        except ValueError as e:  # a bug: say so, keep training
+          log.error("%s; the input position is no longer saved with checkpoints, and a "
+                    "resumed run will not be exact", e)
+          track_input = False
+      else:
+        track_input = False
       for k in data_counts:
         if k in batch:
           data_counts[k] += int(np.sum(batch[k]))
@@ -416,7 +530,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
               f"config.optimizer.base_lr or enable config.optimizer.grad_clip_norm.")
       if step % config.checkpoint_every == 0 or step == config.total_steps or preempt.requested:
         checkpoints.save_train_state(mngr, unreplicate(pstate), meta_for(step),
-                        force=preempt.requested)
+                                     force=preempt.requested)
       if preempt.requested:
         break
   bar.close()

@@ -45,6 +45,7 @@ from typing import Iterator, Sequence
 
 from mrcnn_jax.data import pipeline, shapes
 from mrcnn_jax.data.coco_json import LABEL_SPACES, CocoSource
+from mrcnn_jax.data.stream import StreamPosition
 from mrcnn_jax.input_spec import InputSpec
 
 DATASETS = ("shapes", "figures", "coco", "coco_format")
@@ -230,7 +231,8 @@ def _keypoint_options(config, info=None) -> dict:
   return {"num_keypoints": k, "keypoint_flip_map": info.keypoint_flip_map}
 
 
-def _pipeline(config, ds, *, train: bool, batch_dims: Sequence[int], skip_examples: int = 0,
+def _pipeline(config, ds, *, train: bool, batch_dims: Sequence[int],
+              start: StreamPosition | None = None, epoch_size: int | None = None,
               drop_remainder: bool = True):
   d = config.data
   # Sizes, canvases, mean/std: the one InputSpec of the config (validated).
@@ -239,7 +241,7 @@ def _pipeline(config, ds, *, train: bool, batch_dims: Sequence[int], skip_exampl
       ds, spec=spec, train=train, batch_dims=tuple(batch_dims),
       max_instances=d.max_instances, gt_mask_size=d.gt_mask_size,
       flip_prob=d.flip_prob if train else 0.0, seed=config.seed,
-      shuffle_buffer=d.shuffle_buffer, repeat=train, skip_examples=skip_examples,
+      shuffle_buffer=d.shuffle_buffer, repeat=train, start=start, epoch_size=epoch_size,
       drop_remainder=drop_remainder, **_keypoint_options(config))
 
 
@@ -255,13 +257,28 @@ def _load(config, split: str, train: bool):
                            label_space=label_space, skip_empty=skip_empty)
 
 
-def train_iterator(config, batch_dims: Sequence[int], skip_examples: int = 0) -> Iterator[dict]:
-  """Endless, shuffled, flipped training batches [*batch_dims, ...];
-  ``skip_examples`` resumes the deterministic stream."""
+def _train_split_size(config) -> int:
+  """Examples in one epoch of the training input, from the dataset's
+  metadata (no reading)."""
+  d = config.data
+  if d.name in SYNTHETIC:  # generated with num_train examples
+    return int(d.num_train)
+  builder = _coco_builder(config)
+  n = builder.info.splits["train"].num_examples
+  if d.get("skip_empty_train", True) is not False:
+    n -= _coco().coco_split_stats(builder, "train")["num_images_without_non_crowd_objects"]
+  return int(n)
+
+
+def train_iterator(config, batch_dims: Sequence[int],
+                   start: StreamPosition | None = None) -> Iterator[dict]:
+  """Endless, shuffled, flipped training batches [*batch_dims, ...], each
+  with its examples' ``stream_index``; ``start`` (a position saved with a
+  checkpoint) resumes the stream exactly (``mrcnn_jax/data/stream.py``)."""
   _check(config)
   ds = _load(config, "train", train=True)
   return pipeline.numpy_batches(_pipeline(config, ds, train=True, batch_dims=batch_dims,
-                                          skip_examples=skip_examples))
+                                          start=start, epoch_size=_train_split_size(config)))
 
 
 def eval_iterator(config, batch_dims: Sequence[int]) -> Iterator[dict]:

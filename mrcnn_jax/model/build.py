@@ -4,6 +4,8 @@ section makes its part, and the parts are given to ``MaskRCNN``."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+
 from typing import Any, Mapping, Optional
 
 import jax
@@ -157,7 +159,15 @@ def init_params(model: MaskRCNN, rng, canvas_size=(64, 64), batch_size: int = 1)
   small one is used."""
   images = jnp.zeros((batch_size,) + tuple(canvas_size) + (3,), jnp.float32)
   sizes = jnp.tile(jnp.asarray(canvas_size, jnp.int32)[None], (batch_size, 1))
-  return jax.jit(model.init)(rng, images, sizes)
+  return _jitted_init(model)(rng, images, sizes)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model: MaskRCNN):
+  """One jitted ``model.init`` per (hashable, equal-by-fields) model, so
+  initialising an equal model again in the process compiles nothing (a new
+  ``jax.jit(model.init)`` would: the bound method is a new object)."""
+  return jax.jit(model.init)
 
 
 def variables_template(model: MaskRCNN, canvas_size=(64, 64)):
