@@ -124,9 +124,13 @@ def config_diff(config) -> dict:
   return json.loads(json.dumps(diff, sort_keys=True, default=str))
 
 
+def diff_hash(diff: dict) -> str:
+  return hashlib.sha1(json.dumps(diff, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def config_hash(config) -> str:
   """Hash of what a run trains (``config_diff``)."""
-  return hashlib.sha1(json.dumps(config_diff(config), sort_keys=True).encode()).hexdigest()[:12]
+  return diff_hash(config_diff(config))
 
 
 def run_path(out: str, chash: str, seed: int) -> str:
@@ -198,7 +202,8 @@ def run_group(group: str, args, command: str) -> None:
     if args.variants and name not in args.variants:
       continue
     config = load_variant(name, args.quick, args.data_dir)
-    chash = config_hash(config)
+    diff = config_diff(config)
+    chash = diff_hash(diff)
     for seed in args.seeds:
       path = run_path(args.out, chash, seed)
       if os.path.exists(path) and not args.force:
@@ -209,7 +214,8 @@ def run_group(group: str, args, command: str) -> None:
       record = train_and_evaluate(name, config, seed,
                                   os.path.join(args.workdir, f"{name}_seed{seed}"),
                                   args.infer_runs)
-      record.update(config_hash=chash, config_diff=config_diff(config), group=group, quick=args.quick, command=command,
+      record.update(config_hash=chash, config_diff=diff, group=group, quick=args.quick,
+                    command=command,
                     commit=git_commit(), machine=machine(),
                     date=datetime.date.today().isoformat())
       os.makedirs(os.path.dirname(path), exist_ok=True)
