@@ -48,6 +48,7 @@ No TensorFlow is imported.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -124,6 +125,12 @@ def load_config(path: str, overrides: list[str]):
 def run_jax(args) -> dict:
   import jax
 
+  if args.nms != "auto":  # bind the method where the model calls NMS
+    from mrcnn_jax.ops import nms as nms_ops
+    from mrcnn_jax.ops import postprocess
+    postprocess.nms = functools.partial(nms_ops.nms, method=args.nms)
+    postprocess.batched_nms = functools.partial(nms_ops.batched_nms, method=args.nms)
+
   from mrcnn_jax import train as train_lib
   from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -194,7 +201,7 @@ def run_jax(args) -> dict:
       "precision": "bfloat16 compute, float32 params" if args.precision == "mixed" else "float32",
       "compile_s": round(compile_s, 2), "step_s": round(med, 4),
       "step_times_s": [round(t, 4) for t in times],
-      "devices": n,
+      "devices": n, "nms": args.nms,
       "images_per_s": round(b / med, 3),
       "loss": float(metrics["loss"][0]),
       "pos_rois_per_image": float(metrics["num_pos_rois"][0]),
@@ -418,6 +425,9 @@ def parse_args(argv):
   p.add_argument("--runs", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--profile", action="store_true", help="also time mrcnn_jax's stages")
+  p.add_argument("--nms", choices=("auto", "sequential", "tiled"), default="auto",
+                 help="mrcnn_jax: the NMS method of the proposals and detections "
+                      "(ops/nms.py; all keep the same boxes)")
   p.add_argument("--profile-only", action="store_true",
                  help="time mrcnn_jax's stages and not the whole step")
   p.add_argument("--out", default=None, help="append the JSON line here")

@@ -23,6 +23,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import jax, flax, optax, torch, torchvision; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
 stage train_mixed ${T1:-250} $PY scripts/benchmark_train.py --batch $B --canvas $CANVAS \
   --boxes $BOXES --precision mixed --runs 5 --out "$OUT/train_mixed.json"
+# The same step with the sequential NMS (the GPU default is the tiled one).
+stage train_mixed_seq_nms ${T6:-120} $PY scripts/benchmark_train.py --framework jax --batch $B \
+  --canvas $CANVAS --boxes $BOXES --precision mixed --runs 5 --nms sequential \
+  --out "$OUT/train_mixed_seq_nms.json"
 stage infer_mixed ${T2:-120} env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 $PY \
   scripts/benchmark_inference.py --batch $IB --precision mixed --runs 5 --out "$OUT/infer_mixed.json"
 stage train_profile ${T3:-100} $PY scripts/benchmark_train.py --framework jax --batch $B \
