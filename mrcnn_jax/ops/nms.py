@@ -27,7 +27,9 @@ torchvision's and an independent reference), chosen by ``method``:
   iterations as the longest chain of suppressions whose outcome flips
   (a few for proposals), so the loop runs about N / T * (1 + a few) times
   instead of N. Work O(N^2) in [N, T] blocks, which a GPU does in parallel.
-* ``"auto"`` (default): tiled on GPU/TPU backends, sequential on the CPU.
+* ``"auto"`` (default): sequential on the CPU, tiled elsewhere (GPU, TPU),
+  by ``lax.platform_dependent``, so an artifact exported for several
+  platforms runs the right one on each.
 
 Ties in score are broken by the lower original index first (stable sort), as
 torchvision's CPU kernel does.
@@ -76,10 +78,16 @@ def nms(boxes, scores, iou_threshold: float, max_output: int, valid=None,
     valid = jnp.ones((n,), bool)
   if n == 0:
     return jnp.zeros((max_output,), jnp.int32), jnp.zeros((max_output,), bool)
-  if method == "auto":
-    method = "sequential" if jax.default_backend() == "cpu" else "tiled"
-  if method not in ("sequential", "tiled"):
+  if method not in ("auto", "sequential", "tiled"):
     raise ValueError(f"nms: method must be 'auto', 'sequential' or 'tiled', got {method!r}")
+  if method == "auto":
+    # Chosen by the platform the program is compiled for, not the one it is
+    # traced on: an export lowered for cpu and cuda carries both.
+    def run(m):
+      return lambda b, s, v: nms(b, s, iou_threshold, max_output, v, classes, method=m,
+                                 tile=tile)
+    return jax.lax.platform_dependent(boxes, scores, valid, cpu=run("sequential"),
+                                      default=run("tiled"))
   # Invalid candidates sort last; a stable sort keeps index order for ties.
   sort_key = jnp.where(valid, -scores.astype(jnp.float32), jnp.inf)
   order = jnp.argsort(sort_key, stable=True).astype(jnp.int32)
