@@ -8,8 +8,8 @@ gets none). Prints ``RESULT <json>`` lines the test reads.
 MODE ``explicit``: (with several processes) the clear errors first -- a
 config that differs between processes, a global batch not divisible by
 all devices -- then 3 steps on explicit global batches (each process feeds
-its slice), the final parameters saved, and the evaluation of the result
-(metrics.json); then a run on the real input that SIGKILLs itself right
+its slice), evaluating at step 2 (``eval_every``), the final parameters
+saved, and the evaluation of the result (metrics.json); then a run on the real input that SIGKILLs itself right
 after its checkpoint of step 2 is written. ``restart``: that run started
 again. ``reference``: the explicit run in one process on all devices, and
 a one-process evaluation of the multi-process run's checkpoint.
@@ -50,6 +50,7 @@ def config_for(data_dir, **kw):
                              log_every=100), **kw})
   c.data.data_dir = data_dir
   c.num_sample_images = 0
+  c.model.roi_heads.box.score_threshold = 0.0  # detections to evaluate after 3 steps
   return c
 
 
@@ -86,7 +87,7 @@ def main():
   p.add_argument("--num_processes", type=int)
   p.add_argument("--process_id", type=int)
   args = p.parse_args()
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  logging.basicConfig(level=logging.INFO, format="%(relativeCreated)d %(levelname)s %(message)s")
   from mrcnn_jax import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          timeout_s=60)
@@ -96,7 +97,7 @@ def main():
   tag = f"p{count}"
   if args.mode == "explicit":
     clear_errors(args.data_dir)
-    config = config_for(args.data_dir)
+    config = config_for(args.data_dir, eval_every=2)  # an evaluation at step 2 too
     workdir = os.path.join(args.out, "explicit")
     state = train.train(config, workdir, batches=explicit_batches(index, count))
     if index == 0:
