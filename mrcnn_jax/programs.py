@@ -129,8 +129,13 @@ class Program:
 
   def __call__(self, *args):
     if jax.process_count() > 1:
-      return self._fn(*args)
+      # One pmapped function per key, so pmap's own cache compiles it once
+      # in the process (each Program holds a new one).
+      return _PMAPPED.setdefault(self._key, self._fn)(*args)
     return self.compiled(*args)(*args)
+
+
+_PMAPPED: dict = {}
 
 
 def _concrete(tree):

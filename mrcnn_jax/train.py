@@ -9,7 +9,10 @@ importable function, so a notebook can build a state, pull a batch and call
 The update step is a pure function ``(state, batch, rng) -> (state,
 metrics)`` run under ``jax.pmap`` over all local devices (axis ``batch``),
 with gradients averaged by ``lax.pmean``. Batches are laid out
-[devices, per-device batch, ...].
+[devices, per-device batch, ...]. With several processes
+(``mrcnn_jax.distributed``) each one runs this on its local devices, the
+``pmean`` spans every device of every process, ``config.batch_size`` is the
+batch over all of them, and each process reads its own shard of the input.
 
 The model, the train step and the checkpoints do not need TensorFlow; only
 the input pipeline (``mrcnn_jax.data``) does, and it is imported lazily.
@@ -511,7 +514,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   if batches is None:
     batches = train_batches(config, position)
-  writer = SummaryWriter(workdir) if primary else SummaryWriter(None)
+  writer = SummaryWriter(workdir if primary else None)
   schedule = learning_rate_schedule(config)
 
   def meta_for(step):
