@@ -58,17 +58,21 @@ class Run:
             if l.startswith(f"[{process}] ") and re.search(pattern, l)]
 
 
-def _run(launcher, out, data_dir, mode, log_path, processes=2, devices=2):
-  command = [sys.executable, WORKER, mode, out, data_dir]
+def _run(launcher, out, data_dir, mode, log_path):
   with open(log_path, "w") as f:
-    if processes == 1:  # the reference: one process on all devices, no launcher flags
-      p = subprocess.run(command, env=launcher.process_env(devices, _env()), stdout=f,
-                         stderr=subprocess.STDOUT, timeout=400)
-      codes = [p.returncode]
-    else:
-      codes = launcher.launch(command, processes, devices, env=_env(), out=f, timeout=400)
+    codes = launcher.launch([sys.executable, WORKER, mode, out, data_dir], 2, 2, env=_env(),
+                            out=f, timeout=400)
   with open(log_path) as f:
     return Run(codes, f.read())
+
+
+def _start_reference(launcher, out, data_dir, log_path):
+  """The reference, one process on all 4 devices (no launcher flags), in
+  the background: it needs only the explicit run's checkpoint."""
+  f = open(log_path, "w")
+  return subprocess.Popen([sys.executable, WORKER, "reference", out, data_dir],
+                          env=launcher.process_env(4, _env()), stdout=f,
+                          stderr=subprocess.STDOUT), f
 
 
 def _launches(base):
@@ -79,9 +83,15 @@ def _launches(base):
   os.makedirs(out)
   launcher = _launch_local()
   explicit = _run(launcher, out, data_dir, "explicit", str(base / "explicit.log"))
-  restart = _run(launcher, out, data_dir, "restart", str(base / "restart.log"))
-  reference = _run(launcher, out, data_dir, "reference", str(base / "reference.log"),
-                   processes=1, devices=4)
+  proc, log = _start_reference(launcher, out, data_dir, str(base / "reference.log"))
+  try:
+    restart = _run(launcher, out, data_dir, "restart", str(base / "restart.log"))
+    code = proc.wait(timeout=400)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    log.close()
+  reference = Run([code], open(base / "reference.log").read())
   return {"explicit": explicit, "restart": restart, "reference": reference, "out": out,
           "data_dir": data_dir}
 
@@ -203,3 +213,18 @@ def test_input_shards_cover_the_split_once_per_epoch(tmp_path):
   again = datasets.train_iterator(c, (1, 1), shard=(1, 2))
   ids = [int(next(again)["image_id"].ravel()[0]) for _ in range(8)]
   assert sorted(ids[:4]) == sorted(ids[4:]) == sorted(shards[1])
+
+
+def test_cluster_environment_and_partial_flags():
+  from mrcnn_jax import distributed
+  assert distributed.cluster_environment({}) is None
+  assert distributed.cluster_environment({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+  assert distributed.cluster_environment({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) == "SLURM"
+  assert distributed.cluster_environment({"OMPI_COMM_WORLD_SIZE": "2"}) == "Open MPI"
+  assert distributed.cluster_environment({"TPU_WORKER_HOSTNAMES": "a,b"}) == "TPU pod"
+  assert distributed.cluster_environment({"TPU_WORKER_HOSTNAMES": "a"}) is None
+  with pytest.raises(ValueError, match="missing --num_processes"):
+    distributed.initialize("127.0.0.1:1234", None, 0)
+  with pytest.raises(ValueError, match=r"--process_id=2 must lie in \[0, --num_processes=2\)"):
+    distributed.initialize("127.0.0.1:1234", 2, 2)
+  assert distributed.initialize("127.0.0.1:1234", 1, 0) is False  # one process: nothing
