@@ -322,9 +322,8 @@ def restore_latest_intact(workdir: str, template, max_to_keep: int = 3):
       if jax.process_index() == 0:
         dest = _move_aside(directory, step)
         log.error("%s; moved to %s, trying the next older checkpoint", e, dest)
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f"mrcnn_jax damaged checkpoint {step}")
+      from mrcnn_jax import distributed
+      distributed.barrier(f"damaged checkpoint {step}")
       tried.append(step)
       mngr.reload()
       continue

@@ -136,11 +136,20 @@ def is_primary() -> bool:
   return process_index() == 0
 
 
-def barrier(name: str) -> None:
-  """Waits until every process has reached the barrier ``name``."""
-  if process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+_BARRIERS = {}
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+  """Waits until every process has reached the barrier ``name`` (at most
+  ``timeout_s``). It goes through the coordination service (orbax's
+  ``sync_global_processes``), not a collective: gloo gives up on a peer
+  that comes 30 s late, so every collective that may follow a long wait
+  (a slower process, process 0 running pycocotools) is preceded by one."""
+  if process_count() == 1:
+    return
+  from orbax.checkpoint import multihost
+  n = _BARRIERS[name] = _BARRIERS.get(name, 0) + 1  # orbax wants unique names
+  multihost.sync_global_processes(f"mrcnn_jax:{name}:{n}", timeout=int(timeout_s))
 
 
 def allgather_bytes(data: bytes, size: int = 4096) -> list[bytes]:
@@ -150,6 +159,7 @@ def allgather_bytes(data: bytes, size: int = 4096) -> list[bytes]:
   if len(data) > size:
     raise ValueError(f"allgather_bytes: {len(data)} bytes, more than {size}")
   from jax.experimental import multihost_utils
+  barrier("allgather")
   buf = np.zeros(size + 4, np.uint8)
   buf[:4] = np.frombuffer(np.uint32(len(data)).tobytes(), np.uint8)
   buf[4:4 + len(data)] = np.frombuffer(data, np.uint8)

@@ -147,6 +147,7 @@ def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names:
   if distributed.process_count() > 1:
     results, n = _merge_results(results, n, workdir, step)
     if not distributed.is_primary():  # process 0's metrics, once it has them
+      distributed.barrier("evaluated")
       return json.loads(distributed.allgather_bytes(b"{}", 8192)[0])
     log.info("evaluated %d images in %d processes, %d detections", n,
              distributed.process_count(), len(results))
@@ -155,6 +156,7 @@ def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names:
   if workdir:
     write_metrics_json(os.path.join(workdir, "metrics.json"), step, metrics)
   if distributed.process_count() > 1:
+    distributed.barrier("evaluated")
     distributed.allgather_bytes(json.dumps(metrics).encode(), 8192)
   return metrics
 
@@ -172,7 +174,7 @@ def _merge_results(results: list, n: int, workdir: str | None, step: int) -> tup
   with open(path(distributed.process_index()) + ".tmp", "w") as f:
     json.dump({"images": n, "results": results}, f, default=float)
   os.replace(path(distributed.process_index()) + ".tmp", path(distributed.process_index()))
-  distributed.barrier(f"mrcnn_jax eval step {step} written")
+  distributed.barrier(f"eval step {step} written")
   if not distributed.is_primary():
     return results, n
   merged, total = [], 0
