@@ -143,7 +143,7 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
   """Waits until every process has reached the barrier ``name`` (at most
   ``timeout_s``). It goes through the coordination service (orbax's
   ``sync_global_processes``), not a collective: gloo gives up on a peer
-  that comes 30 s late, so every collective that may follow a long wait
+  that comes tens of seconds late, so every collective that may follow a long wait
   (a slower process, process 0 running pycocotools) is preceded by one."""
   if process_count() == 1:
     return

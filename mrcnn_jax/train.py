@@ -533,7 +533,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
              dynamic_ncols=True, mininterval=2.0, disable=not primary)
   stop = False
   # The processes start their collectives together (some compile or read
-  # longer than others; gloo waits 30 s at most for a peer).
+  # longer than others; gloo waits only tens of seconds for a peer).
   distributed.barrier("train loop")
   with _Preemption() as preempt:
     for step in range(start + 1, config.total_steps + 1):
