@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 5000
   config.keep_checkpoints = 3
   config.log_every = 50
+  # Evaluation on the validation split every eval_every steps during
+  # training (AP scalars in TensorBoard under eval/); 0: only once, after it.
+  config.eval_every = 0
   config.max_consecutive_nonfinite = 5
   # Before the first step the train (and evaluation) step is compiled and
   # XLA's memory analysis compared with what the devices have (README,

@@ -172,8 +172,13 @@ def save_train_state(mngr, state, meta: dict, force: bool = False) -> bool:
     log.error("not saving step %d: parameters are not finite", int(host.step))
     return False
   meta = dict(meta, layout=LAYOUT, state_sha256=state_digest(host))
-  return mngr.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+  # With several processes every one calls this with the same (replicated)
+  # state: host arrays, which orbax writes from process 0 only (a
+  # single-device array would be written by each process); the JSON meta is
+  # written by process 0 too.
+  saved = state if jax.process_count() == 1 else host
+  return mngr.save(int(host.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(saved), meta=ocp.args.JsonSave(meta)), force=force)
 
 
 def _state_tree_metadata(directory, step: int):
@@ -313,8 +318,12 @@ def restore_latest_intact(workdir: str, template, max_to_keep: int = 3):
     try:
       state, meta = restore_train_state(mngr, template, step)
     except DamagedCheckpointError as e:
-      dest = _move_aside(directory, step)
-      log.error("%s; moved to %s, trying the next older checkpoint", e, dest)
+      # Every process finds the same damage; the first moves it aside.
+      if jax.process_index() == 0:
+        dest = _move_aside(directory, step)
+        log.error("%s; moved to %s, trying the next older checkpoint", e, dest)
+      from mrcnn_jax import distributed
+      distributed.barrier(f"damaged checkpoint {step}")
       tried.append(step)
       mngr.reload()
       continue

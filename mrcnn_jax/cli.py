@@ -3,6 +3,8 @@
   mrcnn-jax train    [--config experiments/shapes.py] [--workdir DIR] [--config.KEY=VALUE ...]
   mrcnn-jax evaluate [--config ...] --workdir DIR [--config.KEY=VALUE ...]
   mrcnn-jax evaluate --config ... --checkpoint CONVERTED_DIR_OR.pth [--config.KEY=VALUE ...]
+  (train and evaluate in several processes / hosts: --coordinator_address HOST:PORT
+   --num_processes N --process_id I [--distributed_timeout S]; see README)
   mrcnn-jax predict  [--config ...] (--workdir DIR | --checkpoint PATH) --output OUT IMAGES...
   mrcnn-jax convert  --checkpoint FILE.pth --output DIR [--kind maskrcnn|backbone]
                      [--config experiments/mask_rcnn_r50_fpn.py]
@@ -127,11 +129,39 @@ def _setup_logging():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _start_processes(args, config):
+  """Before JAX's first computation: its CPU devices, and its distributed
+  runtime when asked for (``--coordinator_address`` ...) or when a cluster
+  environment says so. Processes other than the first log warnings and
+  errors only."""
+  from mrcnn_jax import distributed, runtime
+  runtime.configure_cpu_devices(config)
+  try:
+    started = distributed.initialize(args.coordinator_address, args.num_processes,
+                                     args.process_id, timeout_s=args.distributed_timeout)
+  except (ValueError, ConnectionError) as e:
+    raise SystemExit(f"mrcnn-jax {args.command}: {e}") from None
+  if started:
+    if not distributed.is_primary():
+      logging.getLogger().setLevel(logging.WARNING)
+      logging.getLogger("mrcnn_jax").setLevel(logging.WARNING)
+
+
+def _add_distributed_flags(p):
+  g = p.add_argument_group("several processes / hosts (jax.distributed; omit all of them "
+                           "for one process, or in a SLURM / Open MPI / TPU-pod job)")
+  g.add_argument("--coordinator_address", default=None,
+                 help="HOST:PORT of process 0 (it listens there)")
+  g.add_argument("--num_processes", type=int, default=None)
+  g.add_argument("--process_id", type=int, default=None, help="0 .. num_processes-1")
+  g.add_argument("--distributed_timeout", type=float, default=300.0,
+                 help="seconds to wait for the coordinator and the other processes")
+
+
 def cmd_train(args):
-  from mrcnn_jax import runtime
   config = args.loaded_config
-  runtime.configure_cpu_devices(config)  # before JAX's first computation
-  from mrcnn_jax import checkpoints, evaluate, experiment, train
+  _start_processes(args, config)  # before JAX's first computation
+  from mrcnn_jax import checkpoints, distributed, evaluate, experiment, train
   workdir = args.workdir or os.path.join("workdir", os.path.splitext(
       os.path.basename(args.config or DEFAULT_CONFIG))[0])
   checkpoints.check_writable(workdir)  # before preparing a dataset
@@ -139,21 +169,26 @@ def cmd_train(args):
   state = train.train(config, workdir, info=info, check_eval=not args.no_eval)
   if not args.no_eval:
     metrics = evaluate.evaluate_workdir(config, workdir, state=state, info=info)
-    print({k: round(v, 2) for k, v in metrics.items()})
-  print(f"workdir: {os.path.abspath(workdir)}")
+    if distributed.is_primary():
+      writer = train.SummaryWriter(workdir)  # the last point of the eval/ curves
+      writer.scalars(int(state.step), {f"eval/{k}": v for k, v in metrics.items()})
+      writer.close()
+      print({k: round(v, 2) for k, v in metrics.items()})
+  if distributed.is_primary():
+    print(f"workdir: {os.path.abspath(workdir)}")
 
 
 def cmd_evaluate(args):
-  from mrcnn_jax import runtime
   config = args.loaded_config
-  runtime.configure_cpu_devices(config)  # before JAX's first computation
-  from mrcnn_jax import evaluate
+  _start_processes(args, config)  # before JAX's first computation
+  from mrcnn_jax import distributed, evaluate
   if not args.workdir and not args.checkpoint:
     raise SystemExit("mrcnn-jax evaluate: give --workdir (a training run) or --checkpoint")
   workdir = args.workdir or os.path.join("workdir", "eval_" + os.path.basename(
       os.path.normpath(args.checkpoint)))
   metrics = evaluate.evaluate_workdir(config, workdir, checkpoint=args.checkpoint)
-  print({k: round(v, 2) for k, v in metrics.items()})
+  if distributed.is_primary():
+    print({k: round(v, 2) for k, v in metrics.items()})
 
 
 def cmd_predict(args):
@@ -222,6 +257,7 @@ def main(argv=None):
   p.add_argument("--config", default=None, help="experiments/<name>.py (default: shapes.py)")
   p.add_argument("--workdir", default=None, help="default: workdir/<config name>")
   p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+  _add_distributed_flags(p)
   p.set_defaults(fn=cmd_train)
   p = sub.add_parser("evaluate", help="evaluate a workdir's latest checkpoint or a converted one")
   p.add_argument("--config", default=None)
@@ -229,6 +265,7 @@ def main(argv=None):
                  "also where metrics.json and samples/ go")
   p.add_argument("--checkpoint", default=None,
                  help="a directory from `mrcnn-jax convert`, or a torchvision .pth")
+  _add_distributed_flags(p)
   p.set_defaults(fn=cmd_evaluate)
   p = sub.add_parser("predict", help="run a checkpoint on image files or folders")
   p.add_argument("images", nargs="+", help="image files and/or folders")

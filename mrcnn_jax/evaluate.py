@@ -11,6 +11,7 @@ recompilation).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ import flax
 import jax
 import numpy as np
 
-from mrcnn_jax import checkpoints, programs
+from mrcnn_jax import checkpoints, distributed, programs
 from mrcnn_jax.client import to_original
 from mrcnn_jax.coco_eval import detections_to_coco, evaluate_coco, write_metrics_json
 from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD
@@ -111,16 +112,21 @@ def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names:
   sigmas, None for COCO's 17); writes ``metrics.json`` and sample PNGs
   (keypoints joined by ``skeleton``, 1-based pairs) to ``workdir`` when
   given (``spec``, the ``InputSpec``, un-normalises them). Returns the
-  metrics dict (percent)."""
+  metrics dict (percent).
+
+  With several processes each one evaluates its share of the images
+  (``batches``) and writes its detections to ``workdir/eval_parts/``;
+  process 0 merges them and runs pycocotools once, so ``metrics.json`` is
+  a single-process evaluation's; every process returns the metrics."""
   from tqdm.auto import tqdm
   from PIL import Image
 
   iou_types = ["bbox"] + (["segm"] if model.mask_head is not None else []) + (
       ["keypoints"] if model.keypoint_head is not None else [])
   results, n = [], 0
-  sample_dir = os.path.join(workdir, "samples") if workdir else None
+  sample_dir = os.path.join(workdir, "samples") if workdir and distributed.is_primary() else None
   for ex, det in tqdm(predict(model, variables, batches), desc="eval", unit="img",
-                      mininterval=2.0):
+                      mininterval=2.0, disable=not distributed.is_primary()):
     results += detections_to_coco(int(ex["image_id"]), det["boxes"], det["scores"],
                                   det["labels"], det.get("masks"),
                                   label_to_category_id=label_to_category_id,
@@ -138,11 +144,47 @@ def evaluate(model, variables, batches: Iterable[dict], coco_gt, *, class_names:
       save_png(os.path.join(sample_dir, f"{int(ex['image_id']):06d}.png"), drawn)
     n += 1
   log.info("evaluated %d images, %d detections", n, len(results))
+  if distributed.process_count() > 1:
+    results, n = _merge_results(results, n, workdir, step)
+    if not distributed.is_primary():  # process 0's metrics, once it has them
+      distributed.barrier("evaluated")
+      return json.loads(distributed.allgather_bytes(b"{}", 8192)[0])
+    log.info("evaluated %d images in %d processes, %d detections", n,
+             distributed.process_count(), len(results))
   metrics = evaluate_coco(coco_gt, results, iou_types=iou_types, print_fn=log.info,
                           kpt_oks_sigmas=kpt_oks_sigmas)
   if workdir:
     write_metrics_json(os.path.join(workdir, "metrics.json"), step, metrics)
+  if distributed.process_count() > 1:
+    distributed.barrier("evaluated")
+    distributed.allgather_bytes(json.dumps(metrics).encode(), 8192)
   return metrics
+
+
+def _merge_results(results: list, n: int, workdir: str | None, step: int) -> tuple[list, int]:
+  """Every process's COCO results (and image count) on process 0, through
+  files in ``workdir/eval_parts/`` (a directory all processes share, as
+  their checkpoints do); other processes get theirs back."""
+  if not workdir:
+    raise ValueError("evaluation in several processes needs a workdir (shared by all of "
+                     "them) to merge their detections in")
+  parts = os.path.join(workdir, "eval_parts")
+  os.makedirs(parts, exist_ok=True)
+  path = lambda i: os.path.join(parts, f"step{step}_process{i}.json")
+  with open(path(distributed.process_index()) + ".tmp", "w") as f:
+    json.dump({"images": n, "results": results}, f, default=float)
+  os.replace(path(distributed.process_index()) + ".tmp", path(distributed.process_index()))
+  distributed.barrier(f"eval step {step} written")
+  if not distributed.is_primary():
+    return results, n
+  merged, total = [], 0
+  for i in range(distributed.process_count()):
+    with open(path(i)) as f:
+      part = json.load(f)
+    merged += part["results"]
+    total += part["images"]
+    os.remove(path(i))
+  return merged, total
 
 
 def load_inference_variables(model, *, workdir: str | None = None,
@@ -195,7 +237,8 @@ def evaluate_workdir(config, workdir: str, state=None, checkpoint: str | None = 
   else:
     variables, step = load_inference_variables(model, workdir=workdir, checkpoint=checkpoint)
   spec = InputSpec.from_config(config.data)
-  batches = datasets.eval_iterator(config, (ndev, per_dev))
+  batches = datasets.eval_iterator(config, (ndev, per_dev),
+                                   shard=(jax.process_index(), jax.process_count()))
   return evaluate(model, variables, batches, datasets.eval_coco_gt(config),
                   class_names=info.class_names, workdir=workdir, step=step,
                   num_samples=config.num_sample_images,

@@ -64,12 +64,15 @@ def abstract(tree):
 
 
 def split_over_devices(batch_size: int, field: str) -> tuple[int, int]:
-  """(local devices, images per device) of a global batch; ``field``, the
-  config field it came from, names it in the error."""
-  n = jax.local_device_count()
+  """(local devices, images per device) of a global batch split over every
+  device of every process (``jax.device_count()``); ``field``, the config
+  field it came from, names it in the error."""
+  n, processes = jax.device_count(), jax.process_count()
   if batch_size % n:
-    raise ValueError(f"{field}={batch_size} is not divisible by the {n} local devices")
-  return n, batch_size // n
+    where = (f"the {n} devices ({processes} processes x {jax.local_device_count()} local "
+             "devices)" if processes > 1 else f"the {n} local devices")
+    raise ValueError(f"{field}={batch_size} is not divisible by {where}")
+  return jax.local_device_count(), batch_size // n
 
 
 def tree_bytes(tree) -> int:
@@ -109,14 +112,36 @@ class Program:
     """The executable for inputs like ``args`` (arrays or
     ShapeDtypeStructs), compiled if needed and checked."""
     key = (self._key, signature(args))
-    program = compile_once(key, lambda: self._fn.lower(*abstract(args)))
+    if jax.process_count() == 1:
+      program = compile_once(key, lambda: self._fn.lower(*abstract(args)))
+    else:
+      # With several processes pmap's ``lower`` turns its (host-local)
+      # arguments into global arrays and takes no ShapeDtypeStructs, and
+      # its compiled program takes global arrays only: it is compiled here
+      # for the memory check, from zeros, and run through pmap itself
+      # (:meth:`__call__`), whose own compilation is a hit of the
+      # persistent compilation cache where one is set.
+      program = compile_once(key, lambda: self._fn.lower(*_concrete(args)))
     if check and self._check is not None and key not in self._checked:
       self._check(self, program, args)
       self._checked.add(key)
     return program
 
   def __call__(self, *args):
+    if jax.process_count() > 1:
+      # One pmapped function per key, so pmap's own cache compiles it once
+      # in the process (each Program holds a new one).
+      return _PMAPPED.setdefault(self._key, self._fn)(*args)
     return self.compiled(*args)(*args)
+
+
+_PMAPPED: dict = {}
+
+
+def _concrete(tree):
+  """Zeros in place of a pytree's ShapeDtypeStructs (arrays are kept)."""
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype)
+                      if isinstance(x, jax.ShapeDtypeStruct) else x, tree)
 
 
 # ----------------------------------------------------------------------------

@@ -9,7 +9,10 @@ importable function, so a notebook can build a state, pull a batch and call
 The update step is a pure function ``(state, batch, rng) -> (state,
 metrics)`` run under ``jax.pmap`` over all local devices (axis ``batch``),
 with gradients averaged by ``lax.pmean``. Batches are laid out
-[devices, per-device batch, ...].
+[devices, per-device batch, ...]. With several processes
+(``mrcnn_jax.distributed``) each one runs this on its local devices, the
+``pmean`` spans every device of every process, ``config.batch_size`` is the
+batch over all of them, and each process reads its own shard of the input.
 
 The model, the train step and the checkpoints do not need TensorFlow; only
 the input pipeline (``mrcnn_jax.data``) does, and it is imported lazily.
@@ -35,7 +38,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mrcnn_jax import checkpoints, programs
+from mrcnn_jax import checkpoints, distributed, programs
 from mrcnn_jax.data.stream import StreamPosition
 from mrcnn_jax.input_spec import InputSpec
 from mrcnn_jax.model import init_params
@@ -301,7 +304,12 @@ class SummaryWriter:
   """TensorBoard scalars without TensorFlow (tensorboard's own event writer);
   a no-op where tensorboard is not installed."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str | None):
+    """``logdir`` None: a writer that writes nothing (processes other than
+    the first)."""
+    self._writer = None
+    if logdir is None:
+      return
     try:
       from tensorboard.compat.proto import event_pb2, summary_pb2
       from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -360,25 +368,54 @@ def device_batch_dims(config) -> tuple[int, int]:
   return programs.split_over_devices(config.batch_size, "config.batch_size")
 
 
+def process_shard() -> tuple[int, int]:
+  """(this process's index, number of processes): its share of the input."""
+  return jax.process_index(), jax.process_count()
+
+
 def train_batches(config, start: StreamPosition | None = None) -> Iterator[dict]:
-  """The training input from ``start`` (tf.data; imported here so the rest
-  needs no TF)."""
+  """This process's training input from ``start`` (tf.data; imported here so
+  the rest needs no TF): its shard of the split, batches of its local
+  devices."""
   from mrcnn_jax.data import datasets
-  return datasets.train_iterator(config, device_batch_dims(config), start)
+  return datasets.train_iterator(config, device_batch_dims(config), start,
+                                 shard=process_shard())
 
 
 def input_position(meta: Mapping | None, step: int, config) -> StreamPosition:
-  """Where the input resumes: the position saved with the checkpoint
-  (``mrcnn_jax/data/stream.py``); for a checkpoint of an older mrcnn_jax,
-  which saved none, the example after the ``step * batch_size`` seen."""
+  """Where this process's input resumes: the position saved with the
+  checkpoint (``mrcnn_jax/data/stream.py``; with several processes, one per
+  process in ``input_per_process``); for a checkpoint that saved none (an
+  older mrcnn_jax, or another number of processes), the example after the
+  ``step * batch_size / processes`` this process has seen."""
   if step == 0 or meta is None:
     return StreamPosition()
-  if meta.get("input") is not None:
+  index, count = process_shard()
+  per_process = meta.get("input_per_process")
+  if count == 1 and meta.get("input") is not None:
     return StreamPosition.from_json(meta["input"])
-  log.warning("the checkpoint of step %d saved no input position (an older mrcnn_jax, or "
-              "batches given to train()): the input resumes at example %d of the stream, "
-              "not exactly where it stopped", step, step * config.batch_size)
-  return StreamPosition(step * config.batch_size)
+  if count > 1 and per_process and len(per_process) == count and per_process[index]:
+    return StreamPosition.from_json(per_process[index])
+  seen = step * config.batch_size // count
+  saved = len(per_process) if per_process else (1 if meta.get("input") is not None else 0)
+  log.warning("the checkpoint of step %d saved no input position for %d process(es) (%s): "
+              "the input resumes at example %d of this process's stream, not exactly where "
+              "it stopped", step, count,
+              f"it saved {saved}" if saved else "an older mrcnn_jax, or batches given to "
+              "train()", seen)
+  return StreamPosition(seen)
+
+
+def input_meta(position: StreamPosition | None) -> dict:
+  """The input positions of every process for a checkpoint's meta: ``input``
+  with one process (as before), ``input_per_process`` with several
+  (gathered; every process calls this at the same step)."""
+  text = json.dumps(position.to_json() if position is not None else None)
+  if jax.process_count() == 1:
+    return {"input": json.loads(text)}
+  positions = [json.loads(b.decode()) for b in distributed.allgather_bytes(text.encode())]
+  return {"input": None,
+          "input_per_process": positions if all(p is not None for p in positions) else None}
 
 
 def input_fingerprint(config) -> str:
@@ -408,18 +445,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   from mrcnn_jax import experiment
   from mrcnn_jax.model import variables_template
+  primary = distributed.is_primary()
+  distributed.agree(config.to_json_best_effort(sort_keys=True), "the config")
   checkpoints.check_writable(workdir)  # at once, not at the first checkpoint
   info = info if info is not None else experiment.dataset_info(config)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  with open(os.path.join(workdir, "dataset.json"), "w") as f:  # facts the model was sized by
-    json.dump({"num_classes": experiment.num_classes(config, info),
-               "class_names": list(info.class_names),
-               "label_to_category_id": info.label_to_category_id}, f, indent=1)
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "dataset.json"), "w") as f:  # facts the model was sized by
+      json.dump({"num_classes": experiment.num_classes(config, info),
+                 "class_names": list(info.class_names),
+                 "label_to_category_id": info.label_to_category_id}, f, indent=1)
   devices = jax.local_devices()
   ndev, per_dev = device_batch_dims(config)
-  log.info("training on %d %s device(s), %d images per device", ndev, devices[0].platform,
-           per_dev)
+  log.info("training on %d %s device(s)%s, %d images per device", jax.device_count(),
+           devices[0].platform, f" in {jax.process_count()} processes"
+           if jax.process_count() > 1 else "", per_dev)
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
@@ -464,7 +505,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   t0 = time.time()
   for s in specs:  # ahead of time: every canvas's program, checked before any step
     p_step.compiled(pstate, s, prng)
-  if check_eval:
+  eval_every = int(config.get("eval_every", 0) or 0)
+  if check_eval or eval_every:
     from mrcnn_jax import evaluate
     evaluate.prepare_predict(config, model, evaluate.state_variables(state))
   log.info("train step%s compiled and checked in %.1f s",
@@ -472,12 +514,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   if batches is None:
     batches = train_batches(config, position)
-  writer = SummaryWriter(workdir)
+  writer = SummaryWriter(workdir if primary else None)
   schedule = learning_rate_schedule(config)
 
   def meta_for(step):
     return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed,
-            "input": position.to_json() if track_input else None,
+            **input_meta(position if track_input else None),
             "input_fingerprint": fingerprint}
 
   track_input = True
@@ -488,7 +530,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   # boxes, crowd regions (never positives).
   data_counts = {k: 0 for k in ("num_dropped", "num_invalid", "num_crowd")}
   bar = tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
-             dynamic_ncols=True, mininterval=2.0)
+             dynamic_ncols=True, mininterval=2.0, disable=not primary)
+  stop = False
+  # The processes start their collectives together (some compile or read
+  # longer than others; gloo waits only tens of seconds for a peer).
+  distributed.barrier("train loop")
   with _Preemption() as preempt:
     for step in range(start + 1, config.total_steps + 1):
       batch = next(batches)
@@ -528,11 +574,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
               f"loss was NaN/inf for {streak} consecutive steps up to step {step}; "
               f"parameters were left unchanged and no NaN was checkpointed. Lower "
               f"config.optimizer.base_lr or enable config.optimizer.grad_clip_norm.")
-      if step % config.checkpoint_every == 0 or step == config.total_steps or preempt.requested:
-        checkpoints.save_train_state(mngr, unreplicate(pstate), meta_for(step),
-                                     force=preempt.requested)
-      if preempt.requested:
+      # Every process saves and stops at the same step: one that stopped
+      # alone would leave the others waiting in the next step's collective.
+      stop = distributed.any_process(preempt.requested)
+      if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
+        checkpoints.save_train_state(mngr, unreplicate(pstate), meta_for(step), force=stop)
+      if stop:
         break
+      if eval_every and step % eval_every == 0 and step < config.total_steps:
+        # (the evaluation after the last step is the caller's: `mrcnn-jax train`)
+        metrics = evaluate.evaluate_workdir(config, workdir, state=unreplicate(pstate),
+                                            info=info)
+        writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        writer.flush()
   bar.close()
   mngr.wait_until_finished()
   mngr.close()
@@ -543,6 +597,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 "%d crowd regions", data_counts["num_dropped"], data_counts["num_invalid"],
                 data_counts["num_crowd"])
   state = unreplicate(pstate)
-  if preempt.requested:
+  if stop:
     raise SystemExit(f"stopped by SIGTERM at step {int(state.step)} (checkpoint saved)")
   return state

@@ -233,7 +233,7 @@ def _keypoint_options(config, info=None) -> dict:
 
 def _pipeline(config, ds, *, train: bool, batch_dims: Sequence[int],
               start: StreamPosition | None = None, epoch_size: int | None = None,
-              drop_remainder: bool = True):
+              drop_remainder: bool = True, shard: tuple[int, int] = (0, 1)):
   d = config.data
   # Sizes, canvases, mean/std: the one InputSpec of the config (validated).
   spec = InputSpec.from_config(d)
@@ -242,7 +242,7 @@ def _pipeline(config, ds, *, train: bool, batch_dims: Sequence[int],
       max_instances=d.max_instances, gt_mask_size=d.gt_mask_size,
       flip_prob=d.flip_prob if train else 0.0, seed=config.seed,
       shuffle_buffer=d.shuffle_buffer, repeat=train, start=start, epoch_size=epoch_size,
-      drop_remainder=drop_remainder, **_keypoint_options(config))
+      drop_remainder=drop_remainder, shard=shard, **_keypoint_options(config))
 
 
 def _load(config, split: str, train: bool):
@@ -270,24 +270,29 @@ def _train_split_size(config) -> int:
   return int(n)
 
 
-def train_iterator(config, batch_dims: Sequence[int],
-                   start: StreamPosition | None = None) -> Iterator[dict]:
+def train_iterator(config, batch_dims: Sequence[int], start: StreamPosition | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
   """Endless, shuffled, flipped training batches [*batch_dims, ...], each
   with its examples' ``stream_index``; ``start`` (a position saved with a
-  checkpoint) resumes the stream exactly (``mrcnn_jax/data/stream.py``)."""
+  checkpoint) resumes the stream exactly (``mrcnn_jax/data/stream.py``).
+  ``shard``: (process index, process count): this process's share of the
+  split (``pipeline.make_pipeline``), its own stream."""
   _check(config)
   ds = _load(config, "train", train=True)
   return pipeline.numpy_batches(_pipeline(config, ds, train=True, batch_dims=batch_dims,
-                                          start=start, epoch_size=_train_split_size(config)))
+                                          start=start, epoch_size=_train_split_size(config),
+                                          shard=shard))
 
 
-def eval_iterator(config, batch_dims: Sequence[int]) -> Iterator[dict]:
-  """One pass over the validation split; the last batch (of each canvas) is
-  padded with examples whose ``image_id`` is -1."""
+def eval_iterator(config, batch_dims: Sequence[int],
+                  shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+  """One pass over the validation split (or its ``shard``, (index,
+  count)); the last batch (of each canvas) is padded with examples whose
+  ``image_id`` is -1."""
   _check(config)
   ds = _load(config, "validation", train=False)
   return pipeline.numpy_batches(_pipeline(config, ds, train=False, batch_dims=batch_dims,
-                                          drop_remainder=False))
+                                          drop_remainder=False, shard=shard))
 
 
 def eval_coco_gt(config) -> dict | str:

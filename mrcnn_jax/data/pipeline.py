@@ -461,6 +461,19 @@ def epoch_seed(seed: int, epoch):
                                      dtype=tf.int64)
 
 
+def shard_seed(seed: int, index: int) -> int:
+  """The seed of shard ``index`` of several (shuffle, flips, scales): each
+  process's share of the input is shuffled and flipped by its own draws
+  (one shard, i.e. one process, keeps ``seed`` itself)."""
+  return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def shard_size(num_examples: int, index: int, count: int) -> int:
+  """Examples of ``num_examples`` in ``ds.shard(count, index)``: those at
+  positions ``index, index + count, ...``."""
+  return max(0, (int(num_examples) - int(index) + int(count) - 1) // int(count))
+
+
 def count_examples(ds: tf.data.Dataset) -> int:
   """Examples in one pass of ``ds``: its cardinality when tf.data knows it,
   else counted by reading it once."""
@@ -521,7 +534,8 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
                   cache: bool = False,
                   num_parallel_calls: int | None = None,
                   num_keypoints: int = 0,
-                  keypoint_flip_map: Sequence[int] | None = None
+                  keypoint_flip_map: Sequence[int] | None = None,
+                  shard: tuple[int, int] = (0, 1)
                   ) -> tf.data.Dataset:
   """Examples -> batches of static shape with leading dims `batch_dims`.
 
@@ -558,6 +572,10 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
     num_parallel_calls: parallelism of the per-example map (AUTOTUNE).
     num_keypoints: K > 0 adds ``gt_keypoints`` (``objects/keypoints`` of
       the input); ``keypoint_flip_map`` is then the left/right permutation.
+    shard: (index, count): read only every count-th stored example from
+      the index-th on (one process's share of the input, before the
+      shuffle; see :func:`shard_seed`). `epoch_size` stays the whole
+      split's; stream indices and `start` then count this shard's stream.
 
   Returns:
     A ``tf.data.Dataset`` of batch dicts (module docstring), deterministic
@@ -589,6 +607,15 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)
+  index, count = (int(x) for x in shard)
+  if not 0 <= index < count:
+    raise ValueError(f"make_pipeline: shard {shard} is not (index, count) with "
+                     "0 <= index < count")
+  if count > 1:
+    ds = ds.shard(count, index)
+    seed = shard_seed(seed, index)
+    if epoch_size is not None:
+      epoch_size = shard_size(epoch_size, index, count)
   if cache:
     ds = ds.cache()
   ds = _indexed_stream(ds, shuffle_buffer=shuffle_buffer if train else 0,
