@@ -166,20 +166,16 @@ def run_jax(args) -> dict:
 
   devices = jax.local_devices()[:n]
   from mrcnn_jax import experiment
+  from mrcnn_jax.model import variables_template
+  model = experiment.build_model(config)
+  tx = train_lib.make_optimizer(config, variables_template(model)["params"], model)
+  state = train_lib.create_train_state(config, jax.random.PRNGKey(args.seed), model, tx)
   if args.profile_only:  # the stages alone, without the whole step
-    model = experiment.build_model(config)
-    from mrcnn_jax.model import variables_template
-    tx = train_lib.make_optimizer(config, variables_template(model)["params"], model)
-    state = train_lib.create_train_state(config, jax.random.PRNGKey(args.seed), model, tx)
     return {"framework": "mrcnn_jax", "jax_version": jax.__version__,
             "device": jax_device_description(), "precision": args.precision,
             "batch": b // n,
             "stages_s": profile_jax(model, state, tx, config,
                                     {k: jax.device_put(v[0]) for k, v in batch.items()}, args.runs)}
-  from mrcnn_jax.model import variables_template
-  model = experiment.build_model(config)
-  tx = train_lib.make_optimizer(config, variables_template(model)["params"], model)
-  state = train_lib.create_train_state(config, jax.random.PRNGKey(args.seed), model, tx)
   p_step = train_lib.make_p_train_step(model, tx, config.loss_weights)
   pstate = train_lib.replicate(state, devices)
   prng = train_lib.replicate(jax.random.PRNGKey(1), devices)
