@@ -131,6 +131,11 @@ def process_count() -> int:
   return jax.process_count()
 
 
+def process_shard() -> tuple[int, int]:
+  """(this process's index, number of processes): its share of the input."""
+  return process_index(), process_count()
+
+
 def is_primary() -> bool:
   """Whether this process writes logs, TensorBoard, samples and metrics."""
   return process_index() == 0

@@ -238,7 +238,7 @@ def evaluate_workdir(config, workdir: str, state=None, checkpoint: str | None = 
     variables, step = load_inference_variables(model, workdir=workdir, checkpoint=checkpoint)
   spec = InputSpec.from_config(config.data)
   batches = datasets.eval_iterator(config, (ndev, per_dev),
-                                   shard=(jax.process_index(), jax.process_count()))
+                                   shard=distributed.process_shard())
   return evaluate(model, variables, batches, datasets.eval_coco_gt(config),
                   class_names=info.class_names, workdir=workdir, step=step,
                   num_samples=config.num_sample_images,

@@ -368,18 +368,13 @@ def device_batch_dims(config) -> tuple[int, int]:
   return programs.split_over_devices(config.batch_size, "config.batch_size")
 
 
-def process_shard() -> tuple[int, int]:
-  """(this process's index, number of processes): its share of the input."""
-  return jax.process_index(), jax.process_count()
-
-
 def train_batches(config, start: StreamPosition | None = None) -> Iterator[dict]:
   """This process's training input from ``start`` (tf.data; imported here so
   the rest needs no TF): its shard of the split, batches of its local
   devices."""
   from mrcnn_jax.data import datasets
   return datasets.train_iterator(config, device_batch_dims(config), start,
-                                 shard=process_shard())
+                                 shard=distributed.process_shard())
 
 
 def input_position(meta: Mapping | None, step: int, config) -> StreamPosition:
@@ -390,7 +385,7 @@ def input_position(meta: Mapping | None, step: int, config) -> StreamPosition:
   ``step * batch_size / processes`` this process has seen."""
   if step == 0 or meta is None:
     return StreamPosition()
-  index, count = process_shard()
+  index, count = distributed.process_shard()
   per_process = meta.get("input_per_process")
   if count == 1 and meta.get("input") is not None:
     return StreamPosition.from_json(meta["input"])
