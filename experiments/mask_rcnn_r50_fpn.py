@@ -86,7 +86,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 5000
   config.keep_checkpoints = 3
   config.log_every = 50
+  # Evaluation on the validation split every eval_every steps during
+  # training (AP scalars in TensorBoard under eval/); 0: only once, after it.
+  config.eval_every = 0
   config.max_consecutive_nonfinite = 5
+  # Before the first step the train (and evaluation) step is compiled and
+  # XLA's memory analysis compared with what the devices have (README,
+  # "Memory checked before the first step"); memory_limit_gb lowers that
+  # figure (e.g. on a shared machine).
+  config.check_memory = True
+  config.memory_limit_gb = ml_collections.FieldReference(None, field_type=float)
   config.eval_batch_size = 8
   # On a CPU, each batch is split over this many XLA:CPU devices; 0: one per
   # usable core, at most what divides the batch sizes (mrcnn_jax/runtime.py).

@@ -5,6 +5,8 @@ torchvision layout).
       --config.data.manual_dir=/data/coco --config.init_checkpoint=resnext101_32x8d-8ba56ff5.pth
 
 Detectron2 reports 44.3 box AP / 39.5 mask AP for this recipe; not yet run here.
+Memory: 12.6 GiB per device at 2 images per device (global batch 16 on 8
+devices; XLA:CPU memory analysis, ``scripts/memory_need.py``).
 """
 
 import mask_rcnn_r50_fpn_3x as base

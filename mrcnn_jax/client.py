@@ -106,15 +106,20 @@ def paste_masks(masks, boxes, image_size: tuple[int, int], padding: int = 1,
 
 def to_original(det: Mapping[str, np.ndarray], image_size, orig_size,
                 mask_threshold: float | None = 0.5) -> dict:
-  """One image's valid detections in its original pixels: boxes scaled by
-  the exact per-axis ratio orig_size / image_size, masks [N, H, W] pasted
-  (bool with ``mask_threshold``, else probabilities)."""
+  """One image's valid detections in its original pixels: boxes (and
+  keypoints [N, K, 3], with ``keypoint_scores``) scaled by the exact
+  per-axis ratio orig_size / image_size, masks [N, H, W] pasted (bool with
+  ``mask_threshold``, else probabilities)."""
   v = np.asarray(det["valid"], bool)
   ry = orig_size[0] / image_size[0]
   rx = orig_size[1] / image_size[1]
   boxes = np.asarray(det["boxes"], np.float32)[v] * np.array([rx, ry, rx, ry], np.float32)
   out = {"boxes": boxes, "scores": np.asarray(det["scores"])[v],
          "labels": np.asarray(det["labels"])[v]}
+  if "keypoints" in det:
+    kp = np.asarray(det["keypoints"], np.float32)[v]
+    out["keypoints"] = kp * np.array([rx, ry, 1.0], np.float32)
+    out["keypoint_scores"] = np.asarray(det["keypoint_scores"])[v]
   if "masks" in det:
     out["masks"] = paste_masks(np.asarray(det["masks"])[v], boxes,
                                tuple(int(x) for x in orig_size), threshold=mask_threshold)

@@ -11,7 +11,9 @@ carry ``bbox`` as ``[x, y, w, h]`` with ``w = x2 - x1`` and ``h = y2 - y1``
 (the Detectron2 / torchvision convention, no +1).
 
 Numbers follow Detectron2: the six ``stats[:6]`` of ``COCOeval.summarize``
-(AP, AP50, AP75, APs, APm, APl) multiplied by 100. Two details matter for
+(AP, AP50, AP75, APs, APm, APl) multiplied by 100; for ``keypoints`` (OKS,
+no small range) the five ``stats[:5]`` (AP, AP50, AP75, APm, APl), with
+per-keypoint OKS sigmas given by the caller or pycocotools' 17 COCO ones. Two details matter for
 matching it:
 
 * For ``segm`` the ``bbox`` field is removed from the results before
@@ -52,9 +54,14 @@ __all__ = [
     "write_metrics_json",
 ]
 
-# Order of COCOeval.stats[:6].
+# Order of COCOeval.stats[:6] (bbox, segm) and stats[:5] (keypoints).
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-_IOU_TYPES = ("bbox", "segm")
+KEYPOINT_METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl")
+_IOU_TYPES = ("bbox", "segm", "keypoints")
+
+
+def metric_names(iou_type: str) -> tuple[str, ...]:
+    return KEYPOINT_METRIC_NAMES if iou_type == "keypoints" else METRIC_NAMES
 
 
 # ----------------------------------------------------------------------------
@@ -92,6 +99,7 @@ def detections_to_coco(
     labels: np.ndarray,
     masks: np.ndarray | None = None,
     label_to_category_id: Mapping[int, int] | None = None,
+    keypoints: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Converts one image's detections to COCO result dicts.
 
@@ -105,6 +113,8 @@ def detections_to_coco(
         size, or None for box-only results.
       label_to_category_id: maps contiguous labels to COCO ``category_id``
         (e.g. ``{1: 1, 2: 3, 3: 7}``); None means the identity.
+      keypoints: ``[N, K, 3]`` (x, y, v) in original-image pixels, or None;
+        written as COCO's flat ``keypoints`` list.
 
     Returns:
       A list of N dicts with ``image_id`` (int), ``category_id`` (int),
@@ -120,6 +130,11 @@ def detections_to_coco(
     """
     boxes, scores, labels = check_detections(boxes_xyxy, scores, labels)
     n = boxes.shape[0]
+    if keypoints is not None:
+        keypoints = np.asarray(keypoints, np.float64)
+        if keypoints.ndim != 3 or keypoints.shape[0] != n or keypoints.shape[2] != 3:
+            raise ValueError(f"keypoints must have shape [N, K, 3] with N = {n}, got "
+                             f"{keypoints.shape}")
 
     rles = None
     if masks is not None:
@@ -159,6 +174,8 @@ def detections_to_coco(
             "bbox": [x1, y1, x2 - x1, y2 - y1],
             "score": float(scores[i]),
         }
+        if keypoints is not None:
+            result["keypoints"] = [float(v) for v in keypoints[i].reshape(-1)]
         if rles is not None:
             result["segmentation"] = {
                 "size": [int(s) for s in rles[i]["size"]],
@@ -270,6 +287,11 @@ def _check_results(coco_gt: COCO, results: Sequence[Mapping[str, Any]], iou_type
                         f"{r['image_id']} is {expected} (H, W); masks must be pasted at the "
                         "original image size"
                     )
+        if iou_type == "keypoints" and not isinstance(r.get("keypoints"), (list, tuple)):
+            raise ValueError(
+                f"results[{i}] has no 'keypoints' list [x1, y1, v1, ...], needed for "
+                "keypoints evaluation; pass keypoints to detections_to_coco"
+            )
 
 
 # ----------------------------------------------------------------------------
@@ -283,6 +305,7 @@ def evaluate_coco(
     iou_types: Sequence[str] = ("bbox", "segm"),
     print_fn: Callable[[str], Any] | None = print,
     per_category: bool = False,
+    kpt_oks_sigmas: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Runs pycocotools COCOeval for each IoU type and returns Detectron2-style numbers.
 
@@ -290,11 +313,13 @@ def evaluate_coco(
       gt: ground truth as a COCO dict, a path to a COCO json, or a ``COCO``.
       results: COCO result dicts (e.g. concatenated :func:`detections_to_coco`
         outputs over all images). Not modified.
-      iou_types: any of ``"bbox"``, ``"segm"``.
+      iou_types: any of ``"bbox"``, ``"segm"``, ``"keypoints"``.
       print_fn: receives pycocotools' output (the summary table) as one
         string per IoU type, e.g. ``print`` or ``logging.info``; None is silent.
       per_category: also return ``f"{iou_type}/AP-{category name}"`` for each
         ground-truth category (see :func:`per_category_ap`), as Detectron2 does.
+      kpt_oks_sigmas: per-keypoint OKS sigmas for ``keypoints`` (COCOeval's
+        ``params.kpt_oks_sigmas``); None keeps pycocotools' 17 COCO sigmas.
 
     Returns:
       ``{f"{iou_type}/{name}": value}`` for name in AP, AP50, AP75, APs, APm,
@@ -319,7 +344,7 @@ def evaluate_coco(
                 f"COCO {iou_type} evaluation: no detections; reporting 0.0 for "
                 f"{', '.join(METRIC_NAMES)}."
             )
-            metrics.update({f"{iou_type}/{name}": 0.0 for name in METRIC_NAMES})
+            metrics.update({f"{iou_type}/{name}": 0.0 for name in metric_names(iou_type)})
             if per_category:
                 for cat in coco_gt.loadCats(coco_gt.getCatIds()):
                     metrics[f"{iou_type}/AP-{cat.get('name', cat['id'])}"] = 0.0
@@ -331,9 +356,9 @@ def evaluate_coco(
             # Without a bbox field loadRes takes area (hence APs/APm/APl) from the mask.
             for d in dts:
                 d.pop("bbox", None)
-        coco_eval, text = _run_cocoeval(coco_gt, dts, iou_type)
+        coco_eval, text = _run_cocoeval(coco_gt, dts, iou_type, kpt_oks_sigmas)
         emit(f"COCO {iou_type} evaluation ({len(results)} detections):\n{text.rstrip()}")
-        for name, value in zip(METRIC_NAMES, coco_eval.stats[:6]):
+        for name, value in zip(metric_names(iou_type), coco_eval.stats):
             metrics[f"{iou_type}/{name}"] = float("nan") if value < 0 else float(value) * 100.0
         if per_category:
             per_cat = per_category_ap(coco_eval)
@@ -345,11 +370,21 @@ def evaluate_coco(
     return metrics
 
 
-def _run_cocoeval(coco_gt: COCO, dts: list[dict[str, Any]], iou_type: str) -> tuple[COCOeval, str]:
+def _run_cocoeval(coco_gt: COCO, dts: list[dict[str, Any]], iou_type: str,
+                  kpt_oks_sigmas: Sequence[float] | None = None) -> tuple[COCOeval, str]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         coco_dt = coco_gt.loadRes(dts)
         coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        if iou_type == "keypoints":
+            sigmas = coco_eval.params.kpt_oks_sigmas if kpt_oks_sigmas is None else (
+                np.asarray(kpt_oks_sigmas, np.float64))
+            k = len(dts[0]["keypoints"]) // 3
+            if len(sigmas) != k:
+                raise ValueError(
+                    f"keypoints evaluation needs one OKS sigma per keypoint: {k} keypoints, "
+                    f"{len(sigmas)} sigmas (set config.data.keypoint_sigmas)")
+            coco_eval.params.kpt_oks_sigmas = sigmas
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()

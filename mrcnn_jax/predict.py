@@ -9,9 +9,8 @@ import os
 from typing import Sequence
 
 import jax
-import numpy as np
 
-from mrcnn_jax import preprocess
+from mrcnn_jax import image_io, preprocess
 from mrcnn_jax.coco_eval import detections_to_coco
 from mrcnn_jax.client import to_original
 from mrcnn_jax.input_spec import InputSpec
@@ -53,7 +52,6 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
   arithmetic, the canvas of the image's orientation), so one program is
   compiled per canvas.
   """
-  from PIL import Image, UnidentifiedImageError
   from tqdm.auto import tqdm
 
   spec = InputSpec.from_config(config.data)
@@ -66,17 +64,17 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
   for path in tqdm(paths, desc="predict", unit="img"):
     image_id = len(images) + 1  # ids count the images read, 1-based
     try:
-      with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-      log.warning("skipping %s: cannot read it as an image (%s)", path, e)
+      rgb = image_io.read_rgb(path)  # the COCO builder's rule (16-bit, CMYK, ...)
+    except (OSError, ValueError) as e:
+      log.warning("skipped: %s", e)
       skipped.append(path)
       continue
     batch, sizes = preprocess.prepare_batch([rgb], spec)
     out = jax.device_get(infer(variables, batch, sizes))
     det = to_original({k: v[0] for k, v in out.items()}, sizes[0], rgb.shape[:2])
     results += detections_to_coco(image_id, det["boxes"], det["scores"], det["labels"],
-                                  det["masks"], label_to_category_id=label_map)
+                                  det.get("masks"), label_to_category_id=label_map,
+                                  keypoints=det.get("keypoints"))
     stem = os.path.splitext(os.path.basename(path))[0]
     overlay, n = f"{stem}.png", 1
     while overlay in overlays:  # never overwrite another input's overlay
@@ -87,8 +85,9 @@ def predict_files(config, model, variables, inputs: Sequence[str], output_dir: s
                    "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
                    "overlay": overlay})
     save_png(os.path.join(output_dir, overlay),
-             draw_detections(rgb, det["boxes"], det["scores"], det["labels"], det["masks"],
-                             class_names=names, score_threshold=score_threshold))
+             draw_detections(rgb, det["boxes"], det["scores"], det["labels"], det.get("masks"),
+                             class_names=names, score_threshold=score_threshold,
+                             keypoints=det.get("keypoints"), skeleton=info.keypoint_skeleton))
   with open(os.path.join(output_dir, "results.json"), "w") as f:
     json.dump(results, f)
   with open(os.path.join(output_dir, "images.json"), "w") as f:

@@ -52,6 +52,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import struct
 import warnings
 import zipfile
@@ -504,6 +505,30 @@ _PICKLE_ERRORS = (
 )
 
 
+_MEMO_OPCODES = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _check_opcodes(f: BinaryIO, size: int, path: str, what: str) -> None:
+  """Reads the pickle at ``f``'s position up to its STOP without running it
+  (``pickletools.genops`` only decodes opcodes) and refuses what would make
+  the C unpickler allocate far beyond the file: a memo index (PUT) larger
+  than the pickle (the unpickler grows and zeroes its memo up to the index:
+  gigabytes from a 4-byte argument) or a FRAME longer than the file.
+  ``size``: the bytes left in the file. Rewinds ``f`` to where it was."""
+  start = f.tell()
+  try:
+    for opcode, arg, _ in pickletools.genops(f):
+      if opcode.name in _MEMO_OPCODES and arg > size:
+        raise ValueError(f"memo index {arg} beyond the {size}-byte pickle")
+      if opcode.name == "FRAME" and arg > size:
+        raise ValueError(f"frame of {arg} bytes in a {size}-byte pickle")
+  except Exception as e:  # genops raises several types on garbage
+    raise ValueError(f"{path}: corrupt or unsupported {what}: "
+                     f"{type(e).__name__}: {e}") from e
+  finally:
+    f.seek(start)
+
+
 def _unpickle(unpickler: _RestrictedUnpickler, path: str, what: str):
   try:
     return unpickler.load()
@@ -525,10 +550,11 @@ def _byteswap_inplace(buf: np.ndarray, dtype_name: str) -> None:
 
 def _read_zip(f: BinaryIO, path: str):
   """Object pickle and storage buffers of a zip-format checkpoint."""
+  file_size = os.fstat(f.fileno()).st_size
   try:
     zf = zipfile.ZipFile(f)
   except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError,
-          ValueError) as e:
+          ValueError, NotImplementedError) as e:
     raise ValueError(
         f"{path}: corrupt or truncated zip archive (expected a torch.save "
         "zip checkpoint with <name>/data.pkl and <name>/data/<key> "
@@ -549,6 +575,15 @@ def _read_zip(f: BinaryIO, path: str):
     def record(name: str, nbytes: int | None = None) -> bytearray:
       """Record ``name`` (its first ``nbytes`` bytes), CRC-checked if whole."""
       info = zf.getinfo(prefix + name)
+      # Sizes come from the (possibly damaged) directory: bound them by the
+      # file before allocating (torch stores records uncompressed; deflate
+      # expands at most ~1032x).
+      limit = info.compress_size * (
+          1 if info.compress_type == zipfile.ZIP_STORED else 1032) + 64
+      if info.compress_size > file_size or info.file_size > limit:
+        raise ValueError(f"record {prefix + name} claims {info.file_size} "
+                         f"bytes ({info.compress_size} stored) in a "
+                         f"{file_size}-byte file")
       if nbytes is not None and info.file_size < nbytes:
         raise ValueError(f"record {prefix + name} has {info.file_size} "
                          f"bytes, the pickle expects {nbytes}")
@@ -568,8 +603,9 @@ def _read_zip(f: BinaryIO, path: str):
           raise ValueError(f"unknown byteorder record {byteorder!r}")
         byteorder = byteorder.strip()
       storages: dict[str, list] = {}
-      unpickler = _RestrictedUnpickler(
-          io.BytesIO(bytes(record("data.pkl"))), path, storages)
+      pkl = bytes(record("data.pkl"))
+      _check_opcodes(io.BytesIO(pkl), len(pkl), path, "data.pkl pickle")
+      unpickler = _RestrictedUnpickler(io.BytesIO(pkl), path, storages)
       obj = _unpickle(unpickler, path, "data.pkl pickle")
       buffers = {}
       for key, (dtype_name, nbytes) in storages.items():
@@ -582,7 +618,9 @@ def _read_zip(f: BinaryIO, path: str):
     except UnsafeCheckpointError:
       raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError,
-            ValueError) as e:
+            ValueError, NotImplementedError, RuntimeError) as e:
+      # (zipfile: NotImplementedError for a compression method, version or
+      # flag it lacks, RuntimeError for encrypted records)
       if isinstance(e, ValueError) and str(e).startswith(f"{path}: "):
         raise
       raise ValueError(f"{path}: corrupt torch zip checkpoint: {e}") from e
@@ -592,7 +630,10 @@ def _read_zip(f: BinaryIO, path: str):
 def _read_legacy(f: BinaryIO, path: str):
   """Object pickle and storage buffers of a legacy-format checkpoint."""
 
+  file_size = os.fstat(f.fileno()).st_size
+
   def load(what, storages=None):
+    _check_opcodes(f, file_size - f.tell(), path, what)
     unpickler = _RestrictedUnpickler(f, path, storages, legacy=True)
     return _unpickle(unpickler, path, what)
 
@@ -624,7 +665,6 @@ def _read_legacy(f: BinaryIO, path: str):
     raise ValueError(f"{path}: corrupt legacy checkpoint: storage keys are a "
                      f"{type(keys).__name__}, expected a list")
 
-  file_size = os.fstat(f.fileno()).st_size
   buffers = {}
   for key in keys:
     key = _ascii(key)
@@ -720,7 +760,11 @@ def _convert(obj, buffers, path):
       raise ValueError(f"{path}: the checkpoint holds a bare {x!r}")
     return x
 
-  return conv(obj)
+  try:
+    return conv(obj)
+  except RecursionError:
+    raise ValueError(f"{path}: corrupt checkpoint: containers nested too "
+                     "deeply") from None
 
 
 def _check_path(path) -> str:
@@ -808,6 +852,7 @@ def load_torch_state_dict(path: str | os.PathLike, *,
   path = _check_path(path)
   obj = load_torch_checkpoint(path)
   trail: list[str] = []
+  seen: set[int] = set()
   if key is not None:
     if not isinstance(obj, dict) or key not in obj:
       have = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
@@ -823,7 +868,9 @@ def load_torch_state_dict(path: str | os.PathLike, *,
     if any(isinstance(v, np.ndarray) for v in obj.values()):
       break
     candidates = [k for k, v in obj.items() if _bears_tensors(v)]
-    if len(candidates) == 1 and isinstance(obj[candidates[0]], dict):
+    seen.add(id(obj))
+    if (len(candidates) == 1 and isinstance(obj[candidates[0]], dict)
+        and id(obj[candidates[0]]) not in seen):  # a cycle never ends
       trail.append(candidates[0])
       obj = obj[candidates[0]]
       continue

@@ -9,7 +9,10 @@ importable function, so a notebook can build a state, pull a batch and call
 The update step is a pure function ``(state, batch, rng) -> (state,
 metrics)`` run under ``jax.pmap`` over all local devices (axis ``batch``),
 with gradients averaged by ``lax.pmean``. Batches are laid out
-[devices, per-device batch, ...].
+[devices, per-device batch, ...]. With several processes
+(``mrcnn_jax.distributed``) each one runs this on its local devices, the
+``pmean`` spans every device of every process, ``config.batch_size`` is the
+batch over all of them, and each process reads its own shard of the input.
 
 The model, the train step and the checkpoints do not need TensorFlow; only
 the input pipeline (``mrcnn_jax.data``) does, and it is imported lazily.
@@ -18,6 +21,7 @@ the input pipeline (``mrcnn_jax.data``) does, and it is imported lazily.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +38,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mrcnn_jax import checkpoints
+from mrcnn_jax import checkpoints, distributed, programs
+from mrcnn_jax.data.stream import StreamPosition
+from mrcnn_jax.input_spec import InputSpec
 from mrcnn_jax.model import init_params
 
 log = logging.getLogger("mrcnn_jax")
@@ -200,8 +206,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
     total = weighted_total(losses, loss_weights)
     counts = {"num_proposals": outputs["num_proposals"].mean(),
               "num_pos_rois": outputs["roi_is_pos"].sum(axis=1).mean()}
-    if "num_mask_rois_left_out" in outputs:
-      counts["num_mask_rois_left_out"] = outputs["num_mask_rois_left_out"]
+    for key in ("num_mask_rois_left_out", "num_keypoint_rois_left_out"):
+      if key in outputs:
+        counts[key] = outputs[key]
     return total, (losses, updates.get("batch_stats", state.batch_stats), counts)
 
   (total, (losses, new_bs, counts)), grads = jax.value_and_grad(
@@ -232,13 +239,30 @@ def replicate(tree, devices=None):
   ``device_put_replicated`` result differs in its mesh axis name and costs a
   second compilation)."""
   tree = flax.jax_utils.replicate(tree, devices)
-  return jax.pmap(lambda x: x, axis_name="batch", devices=devices)(tree)
+  return _identity_pmap(None if devices is None else tuple(devices))(tree)
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_pmap(devices):
+  """One pmapped identity per device tuple: compiled once per tree
+  structure in the process, not at every ``replicate``."""
+  return jax.pmap(lambda x: x, axis_name="batch", devices=devices)
 
 
 def unreplicate(tree):
-  """First device's copy of a replicated tree. (flax's ``unreplicate`` reads
-  the first addressable shard, which keeps a leading axis of 1 for arrays
-  that pmap returns with a named sharding.)"""
+  """First device's copy of a replicated tree, on that device. It reads each
+  array's first shard (no computation; flax's ``unreplicate`` would keep a
+  leading axis of 1 for arrays that pmap returns with a named sharding) and
+  drops the leading axis in one jitted call: indexing each of the state's
+  hundreds of arrays eagerly cost half a second per checkpoint."""
+  def first_shard(x):
+    data = x.addressable_shards[0].data if isinstance(x, jax.Array) else np.asarray(x)[:1]
+    return data if data.ndim == np.ndim(x) else data[None]
+  return _drop_leading_axis(jax.tree.map(first_shard, tree))
+
+
+@jax.jit
+def _drop_leading_axis(tree):
   return jax.tree.map(lambda x: x[0], tree)
 
 
@@ -246,6 +270,30 @@ def make_p_train_step(model, tx, loss_weights):
   return jax.pmap(functools.partial(train_step, model=model, tx=tx,
                                     loss_weights=dict(loss_weights), axis_name="batch"),
                   axis_name="batch", donate_argnums=(0,))
+
+
+def batch_spec(config, batch_dims, canvas) -> dict[str, jax.ShapeDtypeStruct]:
+  """The train step's inputs on one canvas (H, W), as the input pipeline
+  gives them (``mrcnn_jax/data/pipeline.py``): ``[*batch_dims, ...]``."""
+  n, s = config.data.max_instances, config.data.gt_mask_size
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(tuple(batch_dims) + tuple(shape), dtype)
+  out = {"image": spec((*canvas, 3), jnp.float32), "image_size": spec((2,), jnp.int32),
+         "gt_boxes": spec((n, 4), jnp.float32), "gt_labels": spec((n,), jnp.int32),
+         "gt_valid": spec((n,), jnp.bool_), "gt_masks": spec((n, s, s), jnp.float32)}
+  if config.model.get("keypoint_on", False):  # (x, y, visibility) per keypoint
+    k = int(config.model.roi_heads.keypoint.num_keypoints)
+    out["gt_keypoints"] = spec((n, k, 3), jnp.float32)
+  return out
+
+
+def p_train_step(config, model, tx, check=None) -> programs.Program:
+  """The pmapped :func:`train_step` compiled ahead of time once per batch
+  signature (one program per canvas) and run as compiled; programs are
+  shared in the process by runs of the same model, optimizer config, loss
+  weights and devices. ``check``: ``programs.memory_check``."""
+  key = ("train_step", model, config.optimizer.to_json(),
+         tuple(sorted(dict(config.loss_weights).items())), tuple(jax.local_devices()))
+  return programs.Program(make_p_train_step(model, tx, config.loss_weights), key, check)
 
 
 # ============================================================================
@@ -256,7 +304,12 @@ class SummaryWriter:
   """TensorBoard scalars without TensorFlow (tensorboard's own event writer);
   a no-op where tensorboard is not installed."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str | None):
+    """``logdir`` None: a writer that writes nothing (processes other than
+    the first)."""
+    self._writer = None
+    if logdir is None:
+      return
     try:
       from tensorboard.compat.proto import event_pb2, summary_pb2
       from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -312,48 +365,107 @@ class _Preemption:
 
 
 def device_batch_dims(config) -> tuple[int, int]:
-  n = jax.local_device_count()
-  if config.batch_size % n:
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                     f"{n} local devices")
-  return n, config.batch_size // n
+  return programs.split_over_devices(config.batch_size, "config.batch_size")
 
 
-def train_batches(config, skip_examples: int) -> Iterator[dict]:
-  """The training input (tf.data; imported here so the rest needs no TF)."""
+def train_batches(config, start: StreamPosition | None = None) -> Iterator[dict]:
+  """This process's training input from ``start`` (tf.data; imported here so
+  the rest needs no TF): its shard of the split, batches of its local
+  devices."""
   from mrcnn_jax.data import datasets
-  return datasets.train_iterator(config, device_batch_dims(config), skip_examples)
+  return datasets.train_iterator(config, device_batch_dims(config), start,
+                                 shard=distributed.process_shard())
+
+
+def input_position(meta: Mapping | None, step: int, config) -> StreamPosition:
+  """Where this process's input resumes: the position saved with the
+  checkpoint (``mrcnn_jax/data/stream.py``; with several processes, one per
+  process in ``input_per_process``); for a checkpoint that saved none (an
+  older mrcnn_jax, or another number of processes), the example after the
+  ``step * batch_size / processes`` this process has seen."""
+  if step == 0 or meta is None:
+    return StreamPosition()
+  index, count = distributed.process_shard()
+  per_process = meta.get("input_per_process")
+  if count == 1 and meta.get("input") is not None:
+    return StreamPosition.from_json(meta["input"])
+  if count > 1 and per_process and len(per_process) == count and per_process[index]:
+    return StreamPosition.from_json(per_process[index])
+  seen = step * config.batch_size // count
+  saved = len(per_process) if per_process else (1 if meta.get("input") is not None else 0)
+  log.warning("the checkpoint of step %d saved no input position for %d process(es) (%s): "
+              "the input resumes at example %d of this process's stream, not exactly where "
+              "it stopped", step, count,
+              f"it saved {saved}" if saved else "an older mrcnn_jax, or batches given to "
+              "train()", seen)
+  return StreamPosition(seen)
+
+
+def input_meta(position: StreamPosition | None) -> dict:
+  """The input positions of every process for a checkpoint's meta: ``input``
+  with one process (as before), ``input_per_process`` with several
+  (gathered; every process calls this at the same step)."""
+  text = json.dumps(position.to_json() if position is not None else None)
+  if jax.process_count() == 1:
+    return {"input": json.loads(text)}
+  positions = [json.loads(b.decode()) for b in distributed.allgather_bytes(text.encode())]
+  return {"input": None,
+          "input_per_process": positions if all(p is not None for p in positions) else None}
+
+
+def input_fingerprint(config) -> str:
+  """A digest of what the input stream depends on (data config, seed,
+  global batch): a run resumed with another one still trains, but not on
+  the input the uninterrupted run would have read."""
+  text = json.dumps({"data": json.loads(config.data.to_json_best_effort()),
+                     "seed": config.seed, "batch_size": config.batch_size}, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          batches: Iterator[dict] | None = None, info=None) -> TrainState:
-  """Trains until ``config.total_steps``, resuming from ``workdir``'s latest
-  checkpoint. ``info``: the dataset's facts (``experiment.dataset_info``),
-  read here when not given. Returns the final (unreplicated) state."""
+          batches: Iterator[dict] | None = None, info=None, check_eval: bool = False
+          ) -> TrainState:
+  """Trains until ``config.total_steps``, resuming exactly from ``workdir``'s
+  newest intact checkpoint. ``info``: the dataset's facts
+  (``experiment.dataset_info``), read here when not given.
+
+  Before the first step the train step is compiled for every canvas of the
+  config (and, with ``check_eval``, the evaluation step for the evaluation
+  that follows) and its memory is checked against the devices' (see
+  ``mrcnn_jax/programs.py``; ``config.check_memory``). ``batches``: batches to
+  train on instead of the config's input (then the input position is not
+  saved). Returns the final (unreplicated) state.
+  """
   from tqdm.auto import tqdm
 
   from mrcnn_jax import experiment
   from mrcnn_jax.model import variables_template
+  primary = distributed.is_primary()
+  distributed.agree(config.to_json_best_effort(sort_keys=True), "the config")
+  checkpoints.check_writable(workdir)  # at once, not at the first checkpoint
   info = info if info is not None else experiment.dataset_info(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  with open(os.path.join(workdir, "dataset.json"), "w") as f:  # facts the model was sized by
-    json.dump({"num_classes": experiment.num_classes(config, info),
-               "class_names": list(info.class_names),
-               "label_to_category_id": info.label_to_category_id}, f, indent=1)
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "dataset.json"), "w") as f:  # facts the model was sized by
+      json.dump({"num_classes": experiment.num_classes(config, info),
+                 "class_names": list(info.class_names),
+                 "label_to_category_id": info.label_to_category_id}, f, indent=1)
   devices = jax.local_devices()
   ndev, per_dev = device_batch_dims(config)
-  log.info("training on %d %s device(s), %d images per device", ndev, devices[0].platform,
-           per_dev)
+  log.info("training on %d %s device(s)%s, %d images per device", jax.device_count(),
+           devices[0].platform, f" in {jax.process_count()} processes"
+           if jax.process_count() > 1 else "", per_dev)
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   model = experiment.build_model(config, info)
   template = variables_template(model)
   tx = make_optimizer(config, template["params"], model)
-  mngr = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
-  state, _ = checkpoints.restore_train_state(mngr, train_state_template(template, tx))
+  state_template = train_state_template(template, tx)
+  checkpoints.check_writable(workdir, need_bytes=programs.tree_bytes(state_template))
+  mngr, state, meta = checkpoints.restore_latest_intact(workdir, state_template,
+                                                        config.keep_checkpoints)
   if state is not None:
     log.info("resumed from %s at step %d", mngr.directory, int(state.step))
   else:
@@ -363,18 +475,49 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     log.info("already at step %d >= total_steps %d", start, config.total_steps)
     mngr.close()
     return state
+  position = input_position(meta, start, config)
+  fingerprint = input_fingerprint(config)
+  if meta and meta.get("input_fingerprint") not in (None, fingerprint):
+    log.warning("config.data, config.seed or config.batch_size changed since step %d was "
+                "saved: training continues, but not on the input an uninterrupted run "
+                "would have read", start)
 
-  if batches is None:
-    batches = train_batches(config, skip_examples=start * config.batch_size)
-  p_step = make_p_train_step(model, tx, config.loss_weights)
   pstate = replicate(state, devices)
   prng = replicate(step_rng, devices)
-  writer = SummaryWriter(workdir)
+  specs = [batch_spec(config, (ndev, per_dev), canvas)
+           for canvas in InputSpec.from_config(config.data).canvases]
+  check = programs.memory_check(
+      config, devices, what="the train step", per_device_batch=per_dev,
+      resident=programs.tree_bytes(state),
+      # the batches prefetched, the one in use and one being assembled
+      host_extra=4 * programs.tree_bytes(specs[0]),
+      rebatch=lambda args, b: (args[0], programs.with_batch(args[1], b), args[2]),
+      canvas=lambda args: args[1]["image"].shape[-3:-1], batch_flag="--config.batch_size",
+      advice=lambda b: (f" and --config.optimizer.base_lr="
+                        f"{config.optimizer.base_lr * b / config.batch_size:g} (the learning "
+                        "rate scaled with the batch, Detectron2's linear scaling rule)"))
+  p_step = p_train_step(config, model, tx, check)
+  t0 = time.time()
+  for s in specs:  # ahead of time: every canvas's program, checked before any step
+    p_step.compiled(pstate, s, prng)
+  eval_every = int(config.get("eval_every", 0) or 0)
+  if check_eval or eval_every:
+    from mrcnn_jax import evaluate
+    evaluate.prepare_predict(config, model, evaluate.state_variables(state))
+  log.info("train step%s compiled and checked in %.1f s",
+           " and evaluation" if check_eval else "", time.time() - t0)
+
+  if batches is None:
+    batches = train_batches(config, position)
+  writer = SummaryWriter(workdir if primary else None)
   schedule = learning_rate_schedule(config)
 
   def meta_for(step):
-    return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed}
+    return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed,
+            **input_meta(position if track_input else None),
+            "input_fingerprint": fingerprint}
 
+  track_input = True
   t_last, step_last = time.time(), start
   metrics_acc = []
   # Ground truth the pipeline had to leave out, reported rather than dropped
@@ -382,10 +525,23 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   # boxes, crowd regions (never positives).
   data_counts = {k: 0 for k in ("num_dropped", "num_invalid", "num_crowd")}
   bar = tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
-             dynamic_ncols=True, mininterval=2.0)
+             dynamic_ncols=True, mininterval=2.0, disable=not primary)
+  stop = False
+  # The processes start their collectives together (some compile or read
+  # longer than others; gloo waits only tens of seconds for a peer).
+  distributed.barrier("train loop")
   with _Preemption() as preempt:
     for step in range(start + 1, config.total_steps + 1):
       batch = next(batches)
+      if track_input and "stream_index" in batch:
+        try:
+          position = position.after(batch["stream_index"])
+        except ValueError as e:  # a bug: say so, keep training
+          log.error("%s; the input position is no longer saved with checkpoints, and a "
+                    "resumed run will not be exact", e)
+          track_input = False
+      else:
+        track_input = False
       for k in data_counts:
         if k in batch:
           data_counts[k] += int(np.sum(batch[k]))
@@ -413,11 +569,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
               f"loss was NaN/inf for {streak} consecutive steps up to step {step}; "
               f"parameters were left unchanged and no NaN was checkpointed. Lower "
               f"config.optimizer.base_lr or enable config.optimizer.grad_clip_norm.")
-      if step % config.checkpoint_every == 0 or step == config.total_steps or preempt.requested:
-        checkpoints.save_train_state(mngr, unreplicate(pstate), meta_for(step),
-                        force=preempt.requested)
-      if preempt.requested:
+      # Every process saves and stops at the same step: one that stopped
+      # alone would leave the others waiting in the next step's collective.
+      stop = distributed.any_process(preempt.requested)
+      if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
+        checkpoints.save_train_state(mngr, unreplicate(pstate), meta_for(step), force=stop)
+      if stop:
         break
+      if eval_every and step % eval_every == 0 and step < config.total_steps:
+        # (the evaluation after the last step is the caller's: `mrcnn-jax train`)
+        metrics = evaluate.evaluate_workdir(config, workdir, state=unreplicate(pstate),
+                                            info=info)
+        writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        writer.flush()
   bar.close()
   mngr.wait_until_finished()
   mngr.close()
@@ -428,6 +592,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 "%d crowd regions", data_counts["num_dropped"], data_counts["num_invalid"],
                 data_counts["num_crowd"])
   state = unreplicate(pstate)
-  if preempt.requested:
+  if stop:
     raise SystemExit(f"stopped by SIGTERM at step {int(state.step)} (checkpoint saved)")
   return state

@@ -2,7 +2,8 @@
 
 numpy + PIL only (no JAX, no TensorFlow), so it works in any notebook.
 
-Shape shorthand: H x W the image size, N detections. Boxes are ``xyxy`` in
+Shape shorthand: H x W the image size, N detections, K keypoints. Boxes
+(and keypoints (x, y, v)) are ``xyxy`` in
 pixels of the image being drawn on (original-image pixels for final
 detections). Labels are contiguous class indices into ``class_names``, whose
 entry 0 is "background".
@@ -23,7 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mrcnn_jax.coco_eval import check_detections
 
-__all__ = ["draw_detections", "instance_color", "save_png"]
+__all__ = ["draw_boxes", "draw_detections", "heatmap", "image_grid", "instance_color",
+           "save_png", "upscale"]
 
 _GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
 
@@ -57,6 +59,8 @@ def draw_detections(
     score_threshold: float = 0.5,
     alpha: float = 0.5,
     font_size: int | None = None,
+    keypoints: np.ndarray | None = None,
+    skeleton: Sequence[Sequence[int]] = (),
 ) -> np.ndarray:
     """Returns a copy of ``image`` with the detections scoring >= ``score_threshold`` drawn.
 
@@ -79,6 +83,10 @@ def draw_detections(
       alpha: mask opacity in [0, 1].
       font_size: None uses ``ImageFont.load_default()``; an int asks for that
         size of the default font.
+      keypoints: ``[N, K, 3]`` (x, y, v) in pixels of ``image``, or None:
+        each kept detection's keypoints with v > 0 are drawn as dots, joined
+        by the limbs of ``skeleton`` (pairs of 1-based keypoint indices, as
+        in COCO's categories), in the instance's colour.
 
     Returns:
       ``[H, W, 3]`` uint8 image.
@@ -99,6 +107,16 @@ def draw_detections(
             )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if keypoints is not None:
+        keypoints = np.asarray(keypoints, np.float64)
+        if keypoints.ndim != 3 or keypoints.shape[0] != n or keypoints.shape[2] != 3:
+            raise ValueError(f"keypoints must have shape [N, K, 3] = [{n}, K, 3], got "
+                             f"{keypoints.shape}")
+        bad = [p for p in skeleton
+               if len(p) != 2 or not all(1 <= int(j) <= keypoints.shape[1] for j in p)]
+        if bad:
+            raise ValueError(f"skeleton pairs {bad[:5]} are not 1-based indices of the "
+                             f"{keypoints.shape[1]} keypoints")
     if class_names is not None:
         bad = [int(l) for l in labels if not 0 <= l < len(class_names)]
         if bad:
@@ -139,6 +157,8 @@ def draw_detections(
         py2 = int(np.clip(np.ceil(y2) - 1, 0, h - 1))
         px2, py2 = max(px2, px1), max(py2, py1)
         draw.rectangle([px1, py1, px2, py2], outline=color, width=line_width)
+        if keypoints is not None:
+            _draw_keypoints(draw, keypoints[i], skeleton, color, line_width)
 
         label = int(labels[i])
         name = class_names[label] if class_names is not None else str(label)
@@ -156,6 +176,18 @@ def draw_detections(
     return np.asarray(pil, dtype=np.uint8).copy()
 
 
+def _draw_keypoints(draw, kps, skeleton, color, line_width: int) -> None:
+    """One instance's skeleton (limbs between labelled keypoints) and dots."""
+    shown = kps[:, 2] > 0
+    for a, b in skeleton:
+        a, b = int(a) - 1, int(b) - 1
+        if shown[a] and shown[b]:
+            draw.line([tuple(kps[a, :2]), tuple(kps[b, :2])], fill=color, width=line_width + 1)
+    r = line_width + 1
+    for x, y, _ in kps[shown]:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=color, outline=(255, 255, 255))
+
+
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Saves a ``[H, W, 3]`` uint8 RGB image as PNG, creating parent directories."""
     image = _check_image(image)
@@ -164,3 +196,103 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     if parent:
         os.makedirs(parent, exist_ok=True)
     Image.fromarray(image).save(path, format="PNG")
+
+
+# ----------------------------------------------------------------------------
+# Inspection pictures (notebooks): plain boxes, heat maps, grids
+# ----------------------------------------------------------------------------
+
+def draw_boxes(image: np.ndarray, boxes_xyxy: np.ndarray,
+               colors: Sequence[tuple[int, int, int]] | tuple[int, int, int] | None = None,
+               width: int = 1) -> np.ndarray:
+    """A copy of ``image`` with box outlines (anchors, proposals, RoIs, ground truth).
+
+    Args:
+        image: ``[H, W, 3]`` uint8 RGB. Not modified.
+        boxes_xyxy: ``[N, 4]`` ``xyxy`` in pixels of ``image``; non-finite rows are skipped,
+            boxes beyond the image are clipped to it.
+        colors: one RGB colour for all boxes, one per box, or None
+            (``instance_color(i)`` for box ``i``).
+        width: outline width in pixels.
+    """
+    image = _check_image(image)
+    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    n = boxes.shape[0]
+    if colors is None:
+        colors = [instance_color(i) for i in range(n)]
+    elif len(colors) == 3 and np.isscalar(colors[0]):
+        colors = [tuple(int(c) for c in colors)] * n
+    if len(colors) != n:
+        raise ValueError(f"colors: expected one colour or {n} (one per box), got {len(colors)}")
+    h, w = image.shape[:2]
+    pil = Image.fromarray(image.copy())
+    draw = ImageDraw.Draw(pil)
+    for box, color in zip(boxes, colors):
+        if not np.all(np.isfinite(box)):
+            continue
+        x1, y1, x2, y2 = box
+        px1, py1 = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.floor(y1), 0, h - 1))
+        px2 = max(int(np.clip(np.ceil(x2) - 1, 0, w - 1)), px1)
+        py2 = max(int(np.clip(np.ceil(y2) - 1, 0, h - 1)), py1)
+        draw.rectangle([px1, py1, px2, py2], outline=tuple(int(c) for c in color), width=width)
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
+# Viridis at 9 evenly spaced points (matplotlib's ``viridis(np.linspace(0, 1, 9))``
+# times 255, rounded); linear interpolation between them is within a few levels of the
+# full 256-entry map, and keeps matplotlib optional.
+_VIRIDIS = np.array([
+    [68, 1, 84], [71, 45, 123], [59, 82, 139], [44, 114, 142], [33, 145, 140],
+    [40, 174, 128], [94, 201, 98], [173, 220, 48], [253, 231, 37]], np.float64)
+
+
+def heatmap(values: np.ndarray, vmin: float | None = None, vmax: float | None = None
+            ) -> np.ndarray:
+    """``[H, W]`` values -> ``[H, W, 3]`` uint8 RGB in the viridis colour map.
+
+    ``vmin`` / ``vmax`` default to the finite minimum / maximum of ``values``;
+    values are clipped to them; non-finite values and a constant map draw as the
+    lowest colour.
+    """
+    values = np.asarray(values, np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"heatmap: values must be [H, W], got shape {values.shape}")
+    finite = np.isfinite(values)
+    lo = vmin if vmin is not None else (values[finite].min() if finite.any() else 0.0)
+    hi = vmax if vmax is not None else (values[finite].max() if finite.any() else 1.0)
+    t = np.where(finite, (values - lo) / (hi - lo) if hi > lo else 0.0, 0.0)
+    t = np.clip(t, 0.0, 1.0) * (len(_VIRIDIS) - 1)
+    i0 = np.minimum(np.floor(t).astype(int), len(_VIRIDIS) - 2)
+    frac = (t - i0)[..., None]
+    rgb = (1 - frac) * _VIRIDIS[i0] + frac * _VIRIDIS[i0 + 1]
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer ``factor`` (``[H, W, ...]``),
+    so small maps (feature grids, 7 x 7 or 28 x 28 crops) show their pixels."""
+    if int(factor) < 1:
+        raise ValueError(f"upscale: factor must be an int >= 1, got {factor}")
+    image = np.asarray(image)
+    return np.repeat(np.repeat(image, int(factor), axis=0), int(factor), axis=1)
+
+
+def image_grid(images: Sequence[np.ndarray], cols: int, pad: int = 2,
+               background: int = 255) -> np.ndarray:
+    """Tiles ``[h_i, w_i, 3]`` uint8 images row by row, ``cols`` per row, each
+    in a cell of the largest height and width (top-left), ``pad`` pixels apart.
+    Returns one ``[H, W, 3]`` uint8 image."""
+    if not len(images):
+        raise ValueError("image_grid: no images")
+    images = [_check_image(im, f"images[{i}]") for i, im in enumerate(images)]
+    cols = max(1, min(int(cols), len(images)))
+    rows = -(-len(images) // cols)
+    ch = max(im.shape[0] for im in images)
+    cw = max(im.shape[1] for im in images)
+    out = np.full((rows * ch + (rows - 1) * pad, cols * cw + (cols - 1) * pad, 3),
+                  background, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        y, x = r * (ch + pad), c * (cw + pad)
+        out[y:y + im.shape[0], x:x + im.shape[1]] = im
+    return out

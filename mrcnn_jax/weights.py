@@ -2,8 +2,13 @@
 
 Two kinds of state_dict are understood:
 
-* ``maskrcnn``: torchvision's ``maskrcnn_resnet50_fpn`` (and the same layout
-  with another ResNet depth), both the current key names
+* ``maskrcnn`` (a whole detector; ``fasterrcnn``, ``keypointrcnn`` and
+  ``detector`` are the same kind): torchvision's ``maskrcnn_resnet50_fpn``,
+  ``fasterrcnn_resnet50_fpn``, ``maskrcnn_resnet50_fpn_v2`` (BatchNorm in
+  the FPN and the heads, a 4-conv + 1-fc box head, a 2-conv RPN head) and
+  ``keypointrcnn_resnet50_fpn`` -- whichever family the model's config
+  builds, the converter walks its variables -- (and the same layouts with
+  another ResNet depth), both the current key names
   (``backbone.fpn.inner_blocks.0.0.weight``) and the pre-0.13 ones
   (``backbone.fpn.inner_blocks.0.weight``, ``rpn.head.conv.weight``,
   ``roi_heads.mask_head.mask_fcn1.weight``) that torchvision's published
@@ -88,35 +93,64 @@ def _backbone_key(parts: tuple[str, ...], prefix: str) -> str | None:
   return prefix + ".".join(names + [_LEAF[leaf]])
 
 
-def torchvision_key(path: tuple[str, ...], kind: str = "maskrcnn") -> str | None:
+DETECTOR_KINDS = ("maskrcnn", "fasterrcnn", "keypointrcnn", "detector")
+KINDS = DETECTOR_KINDS + ("backbone",)
+
+
+def _norm_index(name: str) -> str:
+  """'conv1' -> '0' (the conv of a Conv2dNormActivation), 'conv1_norm' ->
+  '1' (its norm); used for FPN, box and mask head blocks."""
+  return "1" if name.endswith("_norm") else "0"
+
+
+def torchvision_key(path: tuple[str, ...], kind: str = "maskrcnn",
+                    box_num_conv: int = 0) -> str | None:
   """The torchvision state_dict key of an mrcnn_jax variable path (collection
-  name excluded), or None when torchvision has no such tensor."""
+  name excluded), or None when torchvision has no such tensor.
+  ``box_num_conv``: convs of the box head (``FastRCNNConvFCHead`` numbers
+  its fcs after them)."""
   top, *rest = path
   leaf = rest[-1]
+  detector = kind in DETECTOR_KINDS
   if top == "backbone":
-    return _backbone_key(tuple(rest), "backbone.body." if kind == "maskrcnn" else "")
-  if kind != "maskrcnn":
+    return _backbone_key(tuple(rest), "backbone.body." if detector else "")
+  if top == "box_head" and rest[0] == "trunk":  # the C4 models' res5: ResNet's layer4
+    return _backbone_key(tuple(rest[1:]), "backbone.body." if detector else "")
+  if not detector:
     return None
   mod = rest[0]
   if top == "neck":
-    m = re.fullmatch(r"(inner|layer)_(\d+)", mod)
-    return f"backbone.fpn.{m.group(1)}_blocks.{m.group(2)}.0.{_LEAF[leaf]}" if m else None
+    m = re.fullmatch(r"(inner|layer)_(\d+)(_norm)?", mod)
+    return (f"backbone.fpn.{m.group(1)}_blocks.{m.group(2)}.{_norm_index(mod)}."
+            f"{_LEAF[leaf]}" if m else None)
   if top == "rpn":
     m = re.fullmatch(r"conv_(\d+)", mod)
     if m:
       return f"rpn.head.conv.{m.group(1)}.0.{_LEAF[leaf]}"
     return f"rpn.head.{mod}.{_LEAF[leaf]}"
+  if top == "keypoint_head" and mod == "head":
+    m = re.fullmatch(r"kps_score_lowres_(kernel|bias)", rest[1])
+    if m:
+      return f"roi_heads.keypoint_predictor.kps_score_lowres.{_LEAF[m.group(1)]}"
+    m = re.fullmatch(r"conv_fcn(\d+)", rest[1])
+    return f"roi_heads.keypoint_head.{2 * (int(m.group(1)) - 1)}.{_LEAF[leaf]}" if m else None
   if len(rest) < 3:
     return None
   layer = rest[1]
   if top == "box_head" and mod == "head":
+    m = re.fullmatch(r"conv(\d+)(_norm)?", layer)
+    if m:  # FastRCNNConvFCHead: conv blocks, Flatten, then Linear, ReLU, ...
+      return f"roi_heads.box_head.{int(m.group(1)) - 1}.{_norm_index(layer)}.{_LEAF[leaf]}"
+    m = re.fullmatch(r"fc(\d+)", layer)
+    if box_num_conv and m:
+      return f"roi_heads.box_head.{box_num_conv + 1 + 2 * (int(m.group(1)) - 6)}.{_LEAF[leaf]}"
     return f"roi_heads.box_head.{layer}.{_LEAF[leaf]}"
   if top == "box_head" and mod == "predictor":
     return f"roi_heads.box_predictor.{layer}.{_LEAF[leaf]}"
   if top == "mask_head" and mod == "head":
-    m = re.fullmatch(r"mask_fcn(\d+)", layer)
+    m = re.fullmatch(r"mask_fcn(\d+)(_norm)?", layer)
     if m:
-      return f"roi_heads.mask_head.{int(m.group(1)) - 1}.0.{_LEAF[leaf]}"
+      return f"roi_heads.mask_head.{int(m.group(1)) - 1}.{_norm_index(layer)}.{_LEAF[leaf]}"
     return f"roi_heads.mask_predictor.{layer}.{_LEAF[leaf]}"
   return None
 
@@ -124,6 +158,8 @@ def torchvision_key(path: tuple[str, ...], kind: str = "maskrcnn") -> str | None
 def _transform(path: tuple[str, ...], target_shape,
                pool_size: int) -> Callable[[np.ndarray], np.ndarray]:
   leaf = path[-1]
+  if leaf == "kps_score_lowres_kernel":
+    return _deconv_kernel
   if leaf != "kernel":
     return lambda w: w
   if path[-2] == "conv5_mask":
@@ -146,7 +182,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], variables: Mapping[
     variables: ``{'params': ..., ['batch_stats': ...]}``; leaves that the
       checkpoint does not cover are an error for ``kind='maskrcnn'``; for
       ``kind='backbone'`` only the backbone is replaced, the rest is kept.
-    kind: ``'maskrcnn'`` or ``'backbone'``.
+    kind: ``'maskrcnn'`` (or its aliases ``'fasterrcnn'``,
+      ``'keypointrcnn'``, ``'detector'``: a whole detector, the family
+      being the one ``variables`` has) or ``'backbone'``.
     source: a name for error messages (the file path).
     box_pool_size: RoIAlign size of the box branch (fc6 layout),
       ``model.box_head.pool_size``.
@@ -154,18 +192,21 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], variables: Mapping[
   Returns:
     a new variables dict of numpy float32 arrays (same structure).
   """
-  if kind not in ("maskrcnn", "backbone"):
-    raise ValueError(f"kind must be 'maskrcnn' or 'backbone', got {kind!r}")
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  detector = kind in DETECTOR_KINDS
   sd = {_normalise_key(k): np.asarray(v) for k, v in state_dict.items()}
+  box_num_conv = len({p[2] for p in traverse_util.flatten_dict(variables.get("params", {}))
+                      if p[:2] == ("box_head", "head") and re.fullmatch(r"conv\d+", p[2])})
   used, missing, mismatched = set(), [], []
   out = {}
   for collection, tree in variables.items():
     flat = traverse_util.flatten_dict(tree)
     new_flat = {}
     for path, value in flat.items():
-      key = torchvision_key(path, kind)
+      key = torchvision_key(path, kind, box_num_conv)
       if key is None:
-        if kind == "maskrcnn":
+        if detector:
           missing.append(f"{'/'.join(path)} (no torchvision counterpart)")
         new_flat[path] = np.asarray(value)
         continue

@@ -48,6 +48,7 @@ No TensorFlow is imported.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -111,14 +112,10 @@ def load_config(path: str, overrides: list[str]):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = mod.get_config()
-  for item in overrides:
-    key, _, value = item.partition("=")
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = json.loads(value)
-  return config
+  # The CLI's rule: an unknown key or a mistyped value stops with the key
+  # named (a plain ConfigDict assignment would add a misspelt field silently).
+  from mrcnn_jax.cli import apply_overrides
+  return apply_overrides(config, [f"--config.{item}" for item in overrides])
 
 
 # ============================================================================
@@ -127,6 +124,12 @@ def load_config(path: str, overrides: list[str]):
 
 def run_jax(args) -> dict:
   import jax
+
+  if args.nms != "auto":  # bind the method where the model calls NMS
+    from mrcnn_jax.ops import nms as nms_ops
+    from mrcnn_jax.ops import postprocess
+    postprocess.nms = functools.partial(nms_ops.nms, method=args.nms)
+    postprocess.batched_nms = functools.partial(nms_ops.batched_nms, method=args.nms)
 
   from mrcnn_jax import train as train_lib
   from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD
@@ -167,6 +170,12 @@ def run_jax(args) -> dict:
   model = experiment.build_model(config)
   tx = train_lib.make_optimizer(config, variables_template(model)["params"], model)
   state = train_lib.create_train_state(config, jax.random.PRNGKey(args.seed), model, tx)
+  if args.profile_only:  # the stages alone, without the whole step
+    return {"framework": "mrcnn_jax", "jax_version": jax.__version__,
+            "device": jax_device_description(), "precision": args.precision,
+            "batch": b // n,
+            "stages_s": profile_jax(model, state, tx, config,
+                                    {k: jax.device_put(v[0]) for k, v in batch.items()}, args.runs)}
   p_step = train_lib.make_p_train_step(model, tx, config.loss_weights)
   pstate = train_lib.replicate(state, devices)
   prng = train_lib.replicate(jax.random.PRNGKey(1), devices)
@@ -188,7 +197,7 @@ def run_jax(args) -> dict:
       "precision": "bfloat16 compute, float32 params" if args.precision == "mixed" else "float32",
       "compile_s": round(compile_s, 2), "step_s": round(med, 4),
       "step_times_s": [round(t, 4) for t in times],
-      "devices": n,
+      "devices": n, "nms": args.nms,
       "images_per_s": round(b / med, 3),
       "loss": float(metrics["loss"][0]),
       "pos_rois_per_image": float(metrics["num_pos_rois"][0]),
@@ -201,6 +210,8 @@ def run_jax(args) -> dict:
     out["peak_device_memory_gib"] = round(stats["peak_bytes_in_use"] / 2**30, 3)
   out["peak_rss_gib"] = round(peak_rss_bytes() / 2**30, 3)
   if args.profile:
+    # The whole step's figures first (stderr), in case the stages are cut short.
+    print(json.dumps(out), file=sys.stderr, flush=True)
     out["stages_s"] = profile_jax(model, train_lib.unreplicate(pstate), tx, config,
                                   jax.tree.map(lambda x: x[0], batch), args.runs)
   return out
@@ -222,62 +233,72 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
   rng = jax.random.PRNGKey(0)
   apply = lambda p, *a, **k: model.apply({"params": p}, *a, **k)  # noqa: E731
   gt = train_lib.batch_ground_truth(batch)
-  full = jax.jit(lambda p: apply(p, images, sizes, gt, rng, method=model.train_outputs))
-  outs = full(params)
-  feats = jax.jit(lambda p: apply(p, images, method=model.features))(params)
+  # Every array reaches the stage programs as an argument (``d``), never as
+  # a closed-over constant: XLA would constant-fold the proposals' top-k
+  # over the captured RPN outputs, for minutes at COCO scale.
+  full = jax.jit(lambda p, x, s, g: apply(p, x, s, g, rng, method=model.train_outputs))
+  t0 = time.perf_counter()
+  outs = jax.block_until_ready(full(params, images, sizes, gt))
+  print(f"  (the model's train outputs, first call {time.perf_counter() - t0:.1f} s)",
+        file=sys.stderr, flush=True)
+  feats = jax.jit(lambda p, x: apply(p, x, method=model.features))(params, images)
   objectness, rpn_deltas = jax.jit(lambda p, f: apply(p, f, method=model.rpn_outputs))(params, feats)
   mask_rois_n = outs["mask_logits"].shape[0]
+  d = {"images": images, "sizes": sizes, "gt": {k: jnp.asarray(v) for k, v in gt.items()},
+       "objectness": objectness, "rpn_deltas": rpn_deltas, "outs": outs,
+       "grads": jax.tree.map(jnp.ones_like, params)}  # any gradient: the update costs the same
 
-  def features_sum(p):
-    return sum(f.astype(jnp.float32).sum() for f in apply(p, images, train=True,
+  def features_sum(p, d):
+    return sum(f.astype(jnp.float32).sum() for f in apply(p, d["images"], train=True,
                                                           method=model.features))
 
-  def rpn_loss(p, f):
+  def rpn_loss(p, f, d):
     obj, deltas = apply(p, f, method=model.rpn_outputs)
     return sum(loss_ops.rpn_losses(jnp.concatenate(obj, 1), jnp.concatenate(deltas, 1),
-                                   outs["rpn_target_labels"], outs["rpn_target_deltas"]))
+                                   d["outs"]["rpn_target_labels"], d["outs"]["rpn_target_deltas"]))
 
-  def targets(p, f):
+  def targets(p, f, d):
     # Everything between the heads that has no parameters: anchors, RPN
     # targets, proposals (top-k, decode, NMS), RoI sampling, mask targets.
-    out = apply(p, f, canvas, sizes.astype(jnp.float32), objectness, rpn_deltas,
-                {k: jnp.asarray(v) for k, v in gt.items()}, rng,
-                jnp.arange(images.shape[0]), method=model.sample_targets)
+    out = apply(p, f, canvas, d["sizes"].astype(jnp.float32), d["objectness"],
+                d["rpn_deltas"], d["gt"], rng, jnp.arange(images.shape[0]),
+                method=model.sample_targets)
     return jax.tree.map(jnp.sum, out)
 
-  def box_loss(p, f):
-    logits, deltas = apply(p, f, outs["roi_boxes"], canvas, method=model.box_outputs)
-    return sum(loss_ops.box_losses(logits, deltas, outs["roi_labels"],
-                                   outs["roi_target_deltas"], outs["roi_is_pos"],
-                                   outs["roi_valid"]))
+  def box_loss(p, f, d):
+    o = d["outs"]
+    logits, deltas = apply(p, f, o["roi_boxes"], canvas, method=model.box_outputs)
+    return sum(loss_ops.box_losses(logits, deltas, o["roi_labels"], o["roi_target_deltas"],
+                                   o["roi_is_pos"], o["roi_valid"]))
 
-  def mask_loss(p, f):
-    logits = apply(p, f, outs["mask_rois"], canvas, outs["mask_batch_index"],
+  def mask_loss(p, f, d):
+    o = d["outs"]
+    logits = apply(p, f, o["mask_rois"], canvas, o["mask_batch_index"],
                    method=model.mask_outputs)
-    return loss_ops.mask_loss(logits, outs["mask_labels"], outs["mask_targets"],
-                              outs["mask_valid"], outs["mask_batch_index"], images.shape[0])
+    return loss_ops.mask_loss(logits, o["mask_labels"], o["mask_targets"], o["mask_valid"],
+                              o["mask_batch_index"], images.shape[0])
 
-  grads = jax.tree.map(jnp.ones_like, params)  # any gradient: the update's cost is the same
-
-  def update(p, o):
-    u, o = tx.update(grads, o, p)
+  def update(p, o, d):
+    u, o = tx.update(d["grads"], o, p)
     return optax.apply_updates(p, u), o
 
+  grad2 = lambda f: jax.jit(jax.grad(f, argnums=(0, 1)))  # noqa: E731
   stages = {
-      "backbone+fpn fwd+bwd": (jax.jit(jax.grad(features_sum)), (params,)),
-      "rpn head+losses fwd+bwd": (jax.jit(jax.grad(rpn_loss, argnums=(0, 1))), (params, feats)),
-      "proposals+targets fwd": (jax.jit(targets), (params, feats)),
-      "box branch fwd+bwd": (jax.jit(jax.grad(box_loss, argnums=(0, 1))), (params, feats)),
-      f"mask branch fwd+bwd ({mask_rois_n} RoIs)":
-          (jax.jit(jax.grad(mask_loss, argnums=(0, 1))), (params, feats)),
-      "optimizer update": (jax.jit(update), (params, state.opt_state)),
+      "backbone+fpn fwd+bwd": (jax.jit(jax.grad(features_sum)), (params, d)),
+      "rpn head+losses fwd+bwd": (grad2(rpn_loss), (params, feats, d)),
+      "box branch fwd+bwd": (grad2(box_loss), (params, feats, d)),
+      f"mask branch fwd+bwd ({mask_rois_n} RoIs)": (grad2(mask_loss), (params, feats, d)),
+      "optimizer update": (jax.jit(update), (params, state.opt_state, d)),
+      "proposals+targets fwd": (jax.jit(targets), (params, feats, d)),
   }
   result = {}
   for name, (fn, fargs) in stages.items():
+    t0 = time.perf_counter()
     jax.block_until_ready(fn(*fargs))
+    first = time.perf_counter() - t0
     med, _ = median_seconds(lambda: jax.block_until_ready(fn(*fargs)), runs)
     result[name] = round(med, 4)
-    print(f"  {name:<40} {med:8.3f} s", file=sys.stderr)
+    print(f"  {name:<40} {med:8.3f} s  (first call {first:.1f} s)", file=sys.stderr, flush=True)
   result["sum of stages"] = round(sum(result.values()), 4)
   return result
 
@@ -387,8 +408,9 @@ def parse_args(argv):
   p.add_argument("--framework", choices=("both", "jax", "torch"), default="both")
   p.add_argument("--config", default=os.path.join(ROOT, "experiments",
                                                   "mask_rcnn_r50_fpn_1x.py"))
-  p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                 help="config override, e.g. --set model.roi_heads.batch_per_image=256")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override as mrcnn-jax's --config.KEY=VALUE (a Python literal), "
+                      "e.g. --set model.roi_heads.batch_per_image=256")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--canvas", default="512x512", help="HxW, multiples of 32")
   p.add_argument("--boxes", type=int, default=4, help="objects per image")
@@ -399,6 +421,11 @@ def parse_args(argv):
   p.add_argument("--runs", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--profile", action="store_true", help="also time mrcnn_jax's stages")
+  p.add_argument("--nms", choices=("auto", "sequential", "tiled"), default="auto",
+                 help="mrcnn_jax: the NMS method of the proposals and detections "
+                      "(ops/nms.py; all keep the same boxes)")
+  p.add_argument("--profile-only", action="store_true",
+                 help="time mrcnn_jax's stages and not the whole step")
   p.add_argument("--out", default=None, help="append the JSON line here")
   args = p.parse_args(argv)
   try:
@@ -414,20 +441,24 @@ def parse_args(argv):
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
-  if args.framework == "jax":
-    print(json.dumps(run_jax(args)))
-    return 0
-  if args.framework == "torch":
-    print(json.dumps(run_torch(args)))
+  if args.framework in ("jax", "torch"):
+    result = run_jax(args) if args.framework == "jax" else run_torch(args)
+    print_json_line(result, args.out, append=True)
     return 0
   # both: one child process per framework, the same arguments otherwise
   rest = [a for a in argv if not a.startswith("--framework")]
   results = []
   for fw in ("jax", "torch"):
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--framework", fw] + rest,
+    # The children write no --out of their own: the summary below holds both.
+    child = [a for i, a in enumerate(rest)
+             if not a.startswith("--out") and not (i and rest[i - 1] == "--out")]
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--framework", fw] + child,
                           stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-      raise SystemExit(f"the {fw} child failed (exit {proc.returncode})")
+    if proc.returncode:  # say so and still run the other framework
+      print(f"the {fw} child failed (exit {proc.returncode})", file=sys.stderr)
+      results.append({"framework": "mrcnn_jax" if fw == "jax" else "torchvision",
+                      "skipped": f"failed with exit {proc.returncode}"})
+      continue
     results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
   ours, theirs = results
   print(f"\ncanvas {args.canvas[0]}x{args.canvas[1]}, batch {args.batch}, {args.boxes} "
@@ -445,7 +476,7 @@ def main(argv=None) -> int:
   summary = {"batch": args.batch, "canvas": list(args.canvas), "boxes": args.boxes,
              "precision": args.precision, "runs": args.runs, "cpu_cores": usable_cores(),
              "mrcnn_jax": ours, "torchvision": theirs}
-  if "skipped" not in theirs:
+  if "skipped" not in theirs and "skipped" not in ours:
     summary["ratio_step_time_mrcnn_jax_over_torchvision"] = round(
         ours["step_s"] / theirs["step_s"], 3)
     print(f"mrcnn_jax / torchvision step time: {summary['ratio_step_time_mrcnn_jax_over_torchvision']:.2f}x")

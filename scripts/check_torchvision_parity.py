@@ -1,6 +1,13 @@
-"""Stage-by-stage parity of mrcnn_jax with torchvision's maskrcnn_resnet50_fpn.
+"""Stage-by-stage parity of mrcnn_jax with torchvision's detection models.
 
-Builds ``torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None,
+``--model`` picks the family (default ``maskrcnn``):
+
+  fasterrcnn    fasterrcnn_resnet50_fpn     experiments/faster_rcnn_r50_fpn.py
+  maskrcnn      maskrcnn_resnet50_fpn       experiments/mask_rcnn_r50_fpn.py
+  maskrcnn_v2   maskrcnn_resnet50_fpn_v2    experiments/mask_rcnn_r50_fpn_v2.py
+  keypointrcnn  keypointrcnn_resnet50_fpn   experiments/keypoint_rcnn_r50_fpn.py
+
+Builds ``torchvision.models.detection.<model>(weights=None,
 weights_backbone=None)`` with a fixed seed, saves its state_dict to a .pth
 file, converts that file with mrcnn_jax's torch-free reader, and runs both
 models on the same real photographs (scikit-image's ``astronaut`` and
@@ -15,8 +22,9 @@ informative first, identically on both sides:
   * the classifier is scaled up so that class scores are far from uniform and
     ties do not decide which detections survive; the score threshold is
     lowered on both sides so there are plenty of detections;
-  * FPN outputs, RPN and box regressors and the mask logits are rescaled so
-    that no stage saturates or sits on a threshold (see make_torch_model).
+  * FPN outputs, RPN and box regressors, the mask logits and the keypoint
+    logits are rescaled so that no stage saturates or sits on a threshold
+    (see make_torch_model).
 
 Compared, with the pass criteria of issue 2:
   FPN features P2..P6    max |diff| / max |ref| <= 1e-3 per level
@@ -29,6 +37,8 @@ Compared, with the pass criteria of issue 2:
                          IoU >= 0.98 each over the pixels not within 1e-4 of
                          the threshold (strict IoU and the count of such
                          pixels are printed)
+  keypoints              per detection pair: every keypoint within 1 pixel
+                         (x and y), its score (the heatmap logit) within 1e-3
 
 Prints each difference, then ``PARITY OK`` (exit 0) or ``PARITY FAILED``
 (exit 1).
@@ -40,7 +50,10 @@ runs on CPU): a separate virtualenv, e.g.
   PIP_FIND_LINKS=/tmp/empty /tmp/tvenv/bin/pip install torch==2.13.0 torchvision==0.28.0
   /tmp/tvenv/bin/pip install jax flax optax orbax-checkpoint ml-collections scikit-image
   /tmp/tvenv/bin/pip install --no-deps -e .   # mrcnn_jax itself, without TensorFlow
-  /tmp/tvenv/bin/python scripts/check_torchvision_parity.py
+  /tmp/tvenv/bin/python scripts/check_torchvision_parity.py [--model keypointrcnn]
+
+(or, without installing mrcnn_jax there: ``PYTHONPATH=. /tmp/tvenv/bin/python
+scripts/check_torchvision_parity.py``).
 
 (``PIP_FIND_LINKS`` pointing at an empty folder stops pip from picking a
 local CPU-only torch wheel that torchvision cannot use.) TensorFlow is not
@@ -77,11 +90,19 @@ def load_images():
   return out
 
 
-def make_torch_model(seed: int, score_threshold: float, cls_scale: float, images):
+MODELS = {  # --model: (torchvision builder, experiment config)
+    "fasterrcnn": ("fasterrcnn_resnet50_fpn", "faster_rcnn_r50_fpn"),
+    "maskrcnn": ("maskrcnn_resnet50_fpn", "mask_rcnn_r50_fpn"),
+    "maskrcnn_v2": ("maskrcnn_resnet50_fpn_v2", "mask_rcnn_r50_fpn_v2"),
+    "keypointrcnn": ("keypointrcnn_resnet50_fpn", "keypoint_rcnn_r50_fpn"),
+}
+
+
+def make_torch_model(name: str, seed: int, score_threshold: float, cls_scale: float, images):
   import torch
   import torchvision
   torch.manual_seed(seed)
-  model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+  model = getattr(torchvision.models.detection, MODELS[name][0])(
       weights=None, weights_backbone=None)
   g = torch.Generator().manual_seed(seed + 1)
   with torch.no_grad():
@@ -105,8 +126,10 @@ def make_torch_model(seed: int, score_threshold: float, cls_scale: float, images
     feats = model.backbone(image_list.tensors)
     for i, key in enumerate(["0", "1", "2", "3"]):
       std = float(feats[key].std())
-      model.backbone.fpn.layer_blocks[i][0].weight.div_(std)
-      model.backbone.fpn.layer_blocks[i][0].bias.div_(std)
+      # The block's last affine layer: the conv (v1) or its BatchNorm (v2).
+      last = model.backbone.fpn.layer_blocks[i][-1]
+      last.weight.div_(std)
+      last.bias.div_(std)
     feats = model.backbone(image_list.tensors)
     logits, deltas = model.rpn.head(list(feats.values()))
     model.rpn.head.cls_logits.weight.div_(float(torch.cat([o.flatten() for o in logits]).std()))
@@ -117,11 +140,19 @@ def make_torch_model(seed: int, score_threshold: float, cls_scale: float, images
     # threshold, so float rounding would decide pixels of small masks. The
     # logits are linear in the last layer, so scaling its weight and bias by
     # k scales them by k: spread them to a std of ~4.
-    probs = torch.cat([o["masks"].flatten() for o in model(images)])
-    logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-    k = 4.0 / float(logits.std())
-    model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(k)
-    model.roi_heads.mask_predictor.mask_fcn_logits.bias.mul_(k)
+    if model.roi_heads.has_mask():
+      probs = torch.cat([o["masks"].flatten() for o in model(images)])
+      logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+      k = 4.0 / float(logits.std())
+      model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(k)
+      model.roi_heads.mask_predictor.mask_fcn_logits.bias.mul_(k)
+    if model.roi_heads.has_keypoint():
+      # Keypoint scores are heatmap logits: give them a std of ~3 (the
+      # logits are linear in the predictor's weight and bias).
+      scores = torch.cat([o["keypoints_scores"].flatten() for o in model(images)])
+      k = 3.0 / float(scores.std())
+      model.roi_heads.keypoint_predictor.kps_score_lowres.weight.mul_(k)
+      model.roi_heads.keypoint_predictor.kps_score_lowres.bias.mul_(k)
   return model
 
 
@@ -141,6 +172,7 @@ def iou_matrix(a, b):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", choices=sorted(MODELS), default="maskrcnn")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--score-threshold", type=float, default=0.01)
   parser.add_argument("--cls-scale", type=float, default=30.0)
@@ -149,8 +181,9 @@ def main(argv=None):
   import jax
   import torch
 
+  import importlib
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
-  import mask_rcnn_r50_fpn as exp
+  exp = importlib.import_module(MODELS[args.model][1])
   from mrcnn_jax.model import build_model, init_params
   from mrcnn_jax.ops.masks import paste_masks
   from mrcnn_jax.weights import load_torchvision_checkpoint
@@ -164,7 +197,8 @@ def main(argv=None):
 
   images = load_images()
   timgs = [torch.from_numpy(im).permute(2, 0, 1).contiguous() for _, im in images]
-  tmodel = make_torch_model(args.seed, args.score_threshold, args.cls_scale, timgs)
+  print(f"model: {MODELS[args.model][0]} (config experiments/{MODELS[args.model][1]}.py)")
+  tmodel = make_torch_model(args.model, args.seed, args.score_threshold, args.cls_scale, timgs)
   sizes = [im.shape[:2] for _, im in images]
   canvas = tuple(int(np.ceil(max(s[i] for s in sizes) / 32) * 32) for i in (0, 1))
   print(f"images: {[(n, im.shape[:2]) for n, im in images]}, canvas {canvas}")
@@ -219,7 +253,6 @@ def main(argv=None):
   print("Detections and masks:")
   for i, (to, (name, im)) in enumerate(zip(t_out, images)):
     tb, ts, tl = to["boxes"].numpy(), to["scores"].numpy(), to["labels"].numpy()
-    tm = to["masks"].numpy()[:, 0] > 0.5
     v = j_out["valid"][i]
     jb, js, jl = j_out["boxes"][i][v], j_out["scores"][i][v], j_out["labels"][i][v]
     check(int(j_out["num_candidates"][i]) <= model.box_head.candidates or v.sum() == 100,
@@ -237,6 +270,21 @@ def main(argv=None):
     check(one_to_one and best.min() >= 0.99 and sdiff.max() <= 1e-3,
           f"image {i}: one-to-one {one_to_one}, labels equal {bool((tl == jl[partner]).all())}, "
           f"min IoU {best.min():.5f}, max |score diff| {sdiff.max():.2e}")
+    if "keypoints" in to:
+      tk, tks = to["keypoints"].numpy(), to["keypoints_scores"].numpy()
+      jk = j_out["keypoints"][i][v][partner]
+      jks = j_out["keypoint_scores"][i][v][partner]
+      kdiff = np.abs(jk[..., :2] - tk[..., :2])
+      ksdiff = np.abs(jks - tks)
+      exact = bool(j_out["keypoints_exact"][i][v].all())
+      far = int((kdiff.max(axis=-1) > 0.5).sum())
+      check(kdiff.max() <= 1.0 and ksdiff.max() <= 1e-3 and exact,
+            f"image {i}: keypoints of {len(tk)} detections x {tk.shape[1]}: max |xy diff| "
+            f"{kdiff.max():.3f} px ({far} keypoints off by > 0.5 px), max |score diff| "
+            f"{ksdiff.max():.2e}, decoding certificate held: {exact}")
+    if "masks" not in to:
+      continue
+    tm = to["masks"].numpy()[:, 0] > 0.5
     # Pasting truncates the (expanded) box to integers, so a box that differs
     # by 1e-3 px can land one pixel over and shift a small mask by a pixel.
     # The boxes are compared above; the masks are compared pasted into the

@@ -5,7 +5,14 @@ them against something we did not write.
 Run in the torchvision reference environment (see
 scripts/check_torchvision_parity.py for how to make it):
 
-  /tmp/tvenv/bin/python scripts/make_reference_fixtures.py
+  /tmp/tvenv/bin/python scripts/make_reference_fixtures.py            # everything
+  /tmp/tvenv/bin/python scripts/make_reference_fixtures.py --roi-pool  # one file
+
+tests/data/torchvision_roi_pool.npz (``write_roi_pool_fixture``):
+  roi_pool/*       torchvision.ops.roi_pool outputs and feature gradients on
+                   random maps (and one with many ties) for boxes inside,
+                   partly and wholly outside the map, zero-sized and thin,
+                   at spatial scales 1, 0.5 and 0.25
 
 Contents (all float32 / int64, NCHW tensors already transposed to NHWC):
   roi_align/*      random feature maps and boxes (including boxes partly or
@@ -17,8 +24,20 @@ Contents (all float32 / int64, NCHW tensors already transposed to NHWC):
   paste/*          torchvision's paste_masks_in_image
   anchors/*        AnchorGenerator on an 800x1216 canvas
   coder/*          BoxCoder((10, 10, 5, 5)) encode / decode
+
+and tests/data/torchvision_keypoints.npz (``--keypoints``, only that file):
+  targets/*        keypoints_to_heatmap on RoIs of several sizes (keypoints
+                   inside, outside, on the right/bottom edge, unlabelled)
+  loss/*           keypointrcnn_loss over two images' positive RoIs
+  decode/*         heatmaps_to_keypoints (bicubic resize per RoI, argmax) on
+                   smooth random and peaked maps, RoIs of 3 to 700 px
+  predictor/*      KeypointRCNNPredictor (4x4 stride-2 deconv, bilinear 2x)
+and tests/data/torchvision_state_dict_keys.json: every state_dict key and
+shape of fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn (and _v2) and
+keypointrcnn_resnet50_fpn (the layouts weights.py converts).
 """
 
+import argparse
 import os
 
 import numpy as np
@@ -28,9 +47,10 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, nms, roi_align
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, nms, roi_align, roi_pool
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "torchvision_reference.npz")
+DATA = os.path.join(os.path.dirname(__file__), "..", "tests", "data")
+OUT = os.path.join(DATA, "torchvision_reference.npz")
 
 
 def random_boxes(rng, n, h, w, scale):
@@ -139,5 +159,147 @@ def main():
         f"(torch {torch.__version__}, torchvision {torchvision.__version__})")
 
 
+def write_roi_pool_fixture():
+  """tests/data/torchvision_roi_pool.npz: torchvision's RoIPool values and
+  gradients (its own file, so it can be remade without touching the rest)."""
+  rng = np.random.default_rng(1)
+  out = {}
+  h, w, c = 11, 13, 3
+  maps = {"rand": rng.standard_normal((h, w, c)).astype(np.float32),
+          # Small integers: many equal maxima, so the tie rule (first pixel in
+          # row-major order takes the gradient) is exercised.
+          "ties": rng.integers(-2, 3, (h, w, c)).astype(np.float32)}
+  for name, feats in maps.items():
+    out[f"roi_pool/features_{name}"] = feats
+    for scale in (1.0, 0.5, 0.25):
+      boxes = random_boxes(rng, 16, h, w, scale)
+      boxes[3] = np.array([1.2, 0.3, 1.4, 9.7]) / scale  # one pixel wide
+      boxes[4] = np.array([-5.0, -5.0, 2 * w, 2 * h]) / scale  # larger than the map
+      boxes[5] = np.array([2.5, 3.5, 6.5, 7.49]) / scale  # halves round away from zero
+      out[f"roi_pool/boxes_{name}_s{scale}"] = boxes
+      for size in ((5, 4), (7, 7), (2, 3)):
+        f = torch.from_numpy(feats).permute(2, 0, 1)[None].clone().requires_grad_(True)
+        rois = torch.cat([torch.zeros(len(boxes), 1), torch.from_numpy(boxes)], 1)
+        y = roi_pool(f, rois, size, spatial_scale=scale)
+        cot = torch.from_numpy(rng.standard_normal(tuple(y.shape)).astype(np.float32))
+        (y * cot).sum().backward()
+        key = f"roi_pool/{name}_s{scale}_{size[0]}x{size[1]}"
+        out[key + "_out"] = y.detach().permute(0, 2, 3, 1).numpy()
+        out[key + "_cot"] = cot.permute(0, 2, 3, 1).numpy()
+        out[key + "_grad"] = f.grad[0].permute(1, 2, 0).numpy()
+  path = os.path.join(DATA, "torchvision_roi_pool.npz")
+  np.savez_compressed(path, **out)
+  print(f"wrote {path}: {len(out)} arrays, {os.path.getsize(path) / 1024:.0f} KiB "
+        f"(torch {torch.__version__}, torchvision {torchvision.__version__})")
+
+
+def keypoint_fixtures():
+  """tests/data/torchvision_keypoints.npz (see the module docstring)."""
+  from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
+  from torchvision.models.detection.roi_heads import (heatmaps_to_keypoints,
+                                                      keypointrcnn_loss,
+                                                      keypoints_to_heatmap)
+  rng = np.random.default_rng(13)
+  torch.manual_seed(13)
+  out = {}
+  s, k = 56, 4
+  # Large inputs are stored as float16 (exactly: they are rounded first).
+  f16 = lambda a: a.astype(np.float16).astype(np.float32)
+
+  def rois_and_keypoints(n, g=None):
+    x1, y1 = rng.uniform(0, 300, n), rng.uniform(0, 300, n)
+    w, h = rng.uniform(3, 250, n), rng.uniform(3, 250, n)
+    rois = np.stack([x1, y1, x1 + w, y1 + h], 1).astype(np.float32)
+    g = n if g is None else g
+    kp = np.zeros((g, k, 3), np.float32)
+    src = rois if g == n else rois[rng.integers(0, n, g)]
+    for i in range(g):
+      bw, bh = src[i, 2] - src[i, 0], src[i, 3] - src[i, 1]
+      kp[i, :, 0] = src[i, 0] + rng.uniform(-0.2, 1.2, k) * bw
+      kp[i, :, 1] = src[i, 1] + rng.uniform(-0.2, 1.2, k) * bh
+      kp[i, :, 2] = rng.choice([0, 1, 2], k, p=[0.2, 0.3, 0.5])
+    return rois, kp
+
+  rois, kp = rois_and_keypoints(40)
+  kp[0, 0, :2] = rois[0, 2:]  # exactly on the right and bottom edges
+  kp[1, 1, 0] = rois[1, 2]
+  kp[2, 2, :2] = rois[2, :2]  # on the top-left corner
+  heat, valid = keypoints_to_heatmap(torch.from_numpy(kp), torch.from_numpy(rois), s)
+  out["targets/rois"], out["targets/keypoints"] = rois, kp
+  out["targets/heatmaps"], out["targets/valid"] = heat.numpy(), valid.numpy()
+
+  props, gts, midx, logits = [], [], [], []
+  for n, g in ((7, 3), (5, 2)):
+    r, kpg = rois_and_keypoints(n, g)
+    props.append(torch.from_numpy(r))
+    gts.append(torch.from_numpy(kpg))
+    midx.append(torch.from_numpy(rng.integers(0, g, n)))
+  logit = torch.from_numpy(f16(rng.standard_normal((12, k, s, s)) * 3))
+  out["loss/value"] = keypointrcnn_loss(logit, props, gts, midx).numpy()
+  out["loss/logits"] = logit.permute(0, 2, 3, 1).numpy().astype(np.float16)
+  for i in range(2):
+    out[f"loss/rois{i}"], out[f"loss/gt{i}"] = props[i].numpy(), gts[i].numpy()
+    out[f"loss/matched{i}"] = midx[i].numpy()
+
+  # Smooth random maps (random fields blurred by a 9x9 box filter) and maps
+  # with a sharp peak, on RoIs from 3 px (down-sampling) to 700 px.
+  d = 10
+  noise = torch.from_numpy(rng.standard_normal((d, k, s + 8, s + 8)).astype(np.float32))
+  smooth = torch.nn.functional.avg_pool2d(noise, 9, 1) * 9.0
+  peak = torch.from_numpy(rng.standard_normal((d, k, s, s)).astype(np.float32))
+  py, px = rng.integers(0, s, (2, d, k))
+  for i in range(d):
+    for j in range(k):
+      peak[i, j, py[i, j], px[i, j]] += 12.0
+  maps = torch.from_numpy(f16(torch.cat([smooth, peak]).numpy()))
+  sizes = np.concatenate([rng.uniform(3, 60, d), rng.uniform(60, 700, d)])
+  rng.shuffle(sizes)
+  x1, y1 = rng.uniform(0, 500, 2 * d), rng.uniform(0, 500, 2 * d)
+  aspect = rng.uniform(0.5, 2.0, 2 * d)
+  boxes = np.stack([x1, y1, x1 + sizes, y1 + sizes * aspect], 1).astype(np.float32)
+  boxes[0] = [10.0, 20.0, 10.5, 20.25]  # under one pixel: clamped to 1
+  xy, scores = heatmaps_to_keypoints(maps, torch.from_numpy(boxes))
+  out["decode/maps"] = maps.permute(0, 2, 3, 1).numpy().astype(np.float16)
+  out["decode/boxes"] = boxes
+  out["decode/keypoints"], out["decode/scores"] = xy.numpy(), scores.numpy()
+
+  pred = KeypointRCNNPredictor(8, k)
+  with torch.no_grad():
+    pred.kps_score_lowres.bias.normal_()
+    x = torch.from_numpy(rng.standard_normal((3, 8, 14, 14)).astype(np.float32))
+    y = pred(x)
+  out["predictor/x"] = x.permute(0, 2, 3, 1).numpy()
+  out["predictor/weight"] = pred.kps_score_lowres.weight.detach().numpy()
+  out["predictor/bias"] = pred.kps_score_lowres.bias.detach().numpy()
+  out["predictor/y"] = y.permute(0, 2, 3, 1).numpy()
+
+  path = os.path.join(os.path.dirname(OUT), "torchvision_keypoints.npz")
+  np.savez_compressed(path, **out)
+  print(f"wrote {path}: {len(out)} arrays, {os.path.getsize(path) / 1024:.0f} KiB")
+
+  import json
+  keys = {}
+  for name in ("fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
+               "keypointrcnn_resnet50_fpn"):
+    model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None)
+    keys[name] = {k: list(v.shape) for k, v in model.state_dict().items()}
+  path = os.path.join(os.path.dirname(OUT), "torchvision_state_dict_keys.json")
+  with open(path, "w") as f:
+    json.dump(keys, f, indent=0)
+  print(f"wrote {path}: {sum(len(v) for v in keys.values())} keys")
+
+
 if __name__ == "__main__":
-  main()
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--keypoints", action="store_true",
+                      help="write only tests/data/torchvision_keypoints.npz")
+  parser.add_argument("--roi-pool", action="store_true",
+                      help="write only tests/data/torchvision_roi_pool.npz")
+  args = parser.parse_args()
+  if args.keypoints:
+    keypoint_fixtures()
+  if args.roi_pool:
+    write_roi_pool_fixture()
+  if not (args.keypoints or args.roi_pool):
+    main()
+    write_roi_pool_fixture()

@@ -60,21 +60,64 @@ def test_anchors_match_torchvision(tv_ref):
   assert anchor_ops.level_strides((800, 1216), (13, 19)) == (61, 64)
 
 
+# Each NMS method, the tiled one also with tiles far smaller than the input
+# (many tiles, suppression across tile boundaries).
+METHODS = [dict(method="sequential"), dict(method="tiled"), dict(method="tiled", tile=7)]
+
+
+@pytest.mark.parametrize("kw", METHODS, ids=["sequential", "tiled", "tiled7"])
 @pytest.mark.parametrize("thr", [0.3, 0.5, 0.7])
-def test_nms_matches_torchvision_and_reference(tv_ref, thr):
+def test_nms_matches_torchvision_and_reference(tv_ref, thr, kw):
   boxes = jnp.asarray(tv_ref["nms/boxes"])
   scores = jnp.asarray(tv_ref["nms/scores"])
   classes = jnp.asarray(tv_ref["nms/classes"])
   n = boxes.shape[0]
-  idx, valid = jax.jit(lambda b, s: nms(b, s, thr, n))(boxes, scores)
+  idx, valid = jax.jit(lambda b, s: nms(b, s, thr, n, **kw))(boxes, scores)
   kept = np.asarray(idx)[np.asarray(valid)]
   np.testing.assert_array_equal(kept, tv_ref[f"nms/keep_{thr}"])
   np.testing.assert_array_equal(kept, nms_reference(tv_ref["nms/boxes"], tv_ref["nms/scores"], thr))
-  idx, valid = batched_nms(boxes, scores, classes, thr, n)
+  idx, valid = jax.jit(lambda b, s, c: batched_nms(b, s, c, thr, n, **kw))(boxes, scores, classes)
   np.testing.assert_array_equal(np.asarray(idx)[np.asarray(valid)], tv_ref[f"bnms/keep_{thr}"])
 
 
-def test_nms_max_output_and_valid_mask():
+def test_tiled_nms_equals_greedy_on_long_suppression_chains():
+  """Worst cases for the tiled method's fixed point: chains of boxes each
+  overlapping the next above the threshold but not the one after (whether a
+  box survives flips along the whole chain), equal scores (ties by index),
+  classes, invalid boxes, and a batch under vmap with max_output reached in
+  the middle of a tile."""
+  rng = np.random.default_rng(0)
+  b, n = 3, 90
+  x = np.arange(n, dtype=np.float32) * 3.0  # 10-px boxes 3 px apart: IoU(i, i+1) = 0.54
+  chain = np.stack([x, np.zeros(n), x + 10, np.full(n, 10.0)], 1)
+  boxes = np.stack([chain,
+                    chain[rng.permutation(n)],
+                    np.concatenate([rng.uniform(0, 60, (n, 2)), np.zeros((n, 2))], 1)])
+  boxes[2, :, 2:] = boxes[2, :, :2] + rng.uniform(5, 30, (n, 2))
+  boxes = boxes.astype(np.float32)
+  scores = np.stack([np.linspace(1, 0.1, n), rng.uniform(0, 1, n),
+                     np.round(rng.uniform(0, 1, n), 1)]).astype(np.float32)  # ties in row 2
+  classes = rng.integers(0, 3, (b, n)).astype(np.int32)
+  valid = rng.uniform(0, 1, (b, n)) > 0.15
+  for thr, k, cls in [(0.5, n, None), (0.3, 11, classes)]:
+    expect = []
+    for i in range(b):
+      sel = np.flatnonzero(valid[i])
+      ref = nms_reference(boxes[i][sel], scores[i][sel], thr,
+                          None if cls is None else cls[i][sel])
+      expect.append(sel[ref][:k])
+    for kw in METHODS:
+      c = jnp.zeros((b, n), jnp.int32) if cls is None else jnp.asarray(cls)
+      fn = jax.jit(jax.vmap(lambda bb, s, cc, v: nms(
+          bb, s, thr, k, valid=v, classes=None if cls is None else cc, **kw)))
+      idx, out_valid = fn(boxes, scores, c, valid)
+      for i in range(b):
+        got = np.asarray(idx[i])[np.asarray(out_valid[i])]
+        np.testing.assert_array_equal(got, expect[i], err_msg=f"{kw} thr {thr} image {i}")
+
+
+@pytest.mark.parametrize("kw", METHODS, ids=["sequential", "tiled", "tiled7"])
+def test_nms_max_output_and_valid_mask(kw):
   rng = np.random.default_rng(3)
   ctr = rng.uniform(0, 100, (50, 2))
   boxes = np.concatenate([ctr - 5, ctr + 5], 1).astype(np.float32)
@@ -82,13 +125,17 @@ def test_nms_max_output_and_valid_mask():
   valid = rng.uniform(0, 1, 50) > 0.3
   ref = [i for i in nms_reference(boxes[valid], scores[valid], 0.5)]
   ref = np.flatnonzero(valid)[ref]
-  idx, out_valid = nms(jnp.asarray(boxes), jnp.asarray(scores), 0.5, 5, valid=jnp.asarray(valid))
+  idx, out_valid = nms(jnp.asarray(boxes), jnp.asarray(scores), 0.5, 5, valid=jnp.asarray(valid),
+                       **kw)
   np.testing.assert_array_equal(np.asarray(idx)[np.asarray(out_valid)], ref[:5])
   # more slots than survivors: padding is invalid
-  idx, out_valid = nms(jnp.asarray(boxes), jnp.asarray(scores), 0.5, 60, valid=jnp.asarray(valid))
+  idx, out_valid = nms(jnp.asarray(boxes), jnp.asarray(scores), 0.5, 60, valid=jnp.asarray(valid),
+                       **kw)
   assert int(out_valid.sum()) == len(ref)
+  np.testing.assert_array_equal(np.asarray(idx)[np.asarray(out_valid)], ref)
   # nothing valid
-  idx, out_valid = nms(jnp.asarray(boxes), jnp.asarray(scores), 0.5, 4, valid=jnp.zeros(50, bool))
+  idx, out_valid = nms(jnp.asarray(boxes), jnp.asarray(scores), 0.5, 4, valid=jnp.zeros(50, bool),
+                       **kw)
   assert not bool(out_valid.any())
 
 

@@ -430,6 +430,7 @@ def test_unknown_category_and_bad_polygons_are_skipped_and_counted(
     data["annotations"][4]["category_id"] = 98  # annotation 202
     data["annotations"][1]["segmentation"][0] = [45, 5, 60, 20]  # 2 points
     data["annotations"][2]["segmentation"] = [[50, 30, 81]]  # nothing left
+    data["annotations"][-1]["iscrowd"] = 1  # image 11: crowd only
 
   with caplog.at_level(logging.WARNING, logger="mrcnn_jax.data.coco_json"):
     builder = _broken(tmp_path, edit_json=edit)
@@ -449,6 +450,15 @@ def test_unknown_category_and_bad_polygons_are_skipped_and_counted(
   expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(
       [_rect(60, 35, 75, 55)], 60, 80))).astype(bool)
   np.testing.assert_array_equal(mask, expected)
+  # Images without a non-crowd object (9: none, 11: crowd only) are counted,
+  # kept for evaluation and left out of training when asked (the default of
+  # config.data.skip_empty_train), with a log line.
+  assert stats["num_images_without_non_crowd_objects"] == 2
+  assert sorted(examples) == [1, 2, 5, 9, 11]
+  with caplog.at_level(logging.INFO, logger="mrcnn_jax.data.coco"):
+    kept = _by_id(coco.load_coco(builder, "train", skip_empty=True))
+  assert sorted(kept) == [1, 2, 5]
+  assert "skipping 2 images without a non-crowd object" in caplog.text
 
 
 def test_coco2017_manual_dir_layout(tmp_path):

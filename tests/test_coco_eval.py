@@ -227,8 +227,8 @@ def test_evaluate_errors(tmp_path):
     with pytest.raises(ValueError, match="original image size"):
         small = coco_eval.detections_to_coco(1, np.array([[0, 0, 4, 4]]), np.array([1.0]), np.array([1]), np.ones((1, 8, 8), bool))
         coco_eval.evaluate_coco(gt, small, iou_types=("segm",), print_fn=None)
-    with pytest.raises(ValueError, match="iou type"):
-        coco_eval.evaluate_coco(gt, results, iou_types=("keypoints",), print_fn=None)
+    with pytest.raises(ValueError, match="unsupported iou type 'boundary'"):
+        coco_eval.evaluate_coco(gt, results, iou_types=("boundary",), print_fn=None)
     bad_gt = make_gt()
     bad_gt["annotations"][0]["id"] = 0
     with pytest.raises(ValueError, match="positive"):

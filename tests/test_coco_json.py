@@ -249,3 +249,111 @@ def test_inputs_are_not_modified(tmp_path):
   _read(tmp_path, data)
   coco_json.categories("x.json", data)
   assert data == before
+
+
+# ------------------------------------------------------------------------------
+# The bad-input table of README ("Bad input"), json rows: each raises naming the
+# json and the record, or is skipped and counted.
+# ------------------------------------------------------------------------------
+
+
+def _edit(**changes):
+  """make_json() with `changes` applied: {"annotations.0.bbox": value, ...}."""
+  data = make_json()
+  for path, value in changes.items():
+    *parents, leaf = path.split(".")
+    node = data
+    for p in parents:
+      node = node[int(p)] if p.isdigit() else node[p]
+    node[int(leaf) if leaf.isdigit() else leaf] = value
+  return data
+
+
+RAISES = {
+    "duplicate image id": (_edit(**{"images.1.id": 1}), "image id 1 appears more than once"),
+    "NaN box": (_edit(**{"annotations.0.bbox": [2, float("nan"), 10, 10]}),
+                r"annotation id 1: 'bbox' must be \[x, y, width, height\] \(4 finite"),
+    "infinite box": (_edit(**{"annotations.0.bbox": [2, 3, float("inf"), 10]}), "4 finite"),
+    "box of 3 numbers": (_edit(**{"annotations.0.bbox": [2, 3, 10]}), "4 finite"),
+    # pycocotools hangs on a vertex at 1e8 and crashes the process at 1e9
+    "polygon vertex far outside": (
+        _edit(**{"annotations.0.segmentation": [[2, 3, 12, 3, 12, 1e9]]}),
+        r"annotation id 1: polygon y coordinate 1000000000.0 lies more than one image size "
+        r"outside the 30 x 40"),
+    "image larger than PIL's limit": (
+        _edit(**{"images.0.height": 2**20, "images.0.width": 2**20}),
+        r"images\[0\] \(id 1\) is 1048576 x 1048576 .* decompression-bomb"),
+    "annotation id beyond int64": (_edit(**{"annotations.0.id": 2**64}),
+                                   r"annotations\[0\]\['id'\] must be a 64-bit integer"),
+    "category id beyond int64": (_edit(**{"categories.0.id": 2**63}),
+                                 r"categories\[0\]\['id'\] must be a 64-bit integer"),
+    "missing 'segmentation'": (_edit(**{"annotations.4": {"id": 5, "image_id": 1,
+                                                          "category_id": 4, "bbox": [0, 0, 1, 1]}}),
+                               r"annotations\[4\] \(id 5\) has no required key 'segmentation'"),
+}
+
+
+@pytest.mark.parametrize("name", RAISES)
+def test_bad_json_records_raise_naming_json_and_record(tmp_path, name):
+  data, message = RAISES[name]
+  with pytest.raises(ValueError, match=message) as info:
+    _read(tmp_path, data)
+  assert str(tmp_path / "instances.json") in str(info.value)
+
+
+UNPARSABLE = {
+    "truncated": (json.dumps(make_json())[:300], r"not valid JSON \(the file ends early: "
+                                                 r"truncated\?\)"),
+    "malformed": ('{"images": [}', "not valid JSON: Expecting value"),
+    "zero bytes": ("", "not valid JSON"),
+    "not utf-8": (b"\xff\xfe{}".decode("latin-1"), "not valid JSON"),
+    "nested deeper than the parser goes": ("[" * 100000 + "]" * 100000,
+                                           "not valid JSON: RecursionError"),
+    "5000-digit integer": ('{"images": ' + "9" * 5000 + "}", "not valid JSON: ValueError"),
+    "a list at the top": ("[]", "expected a JSON object at the top level, got list"),
+    "'images' not a list": ('{"images": {}, "annotations": [], "categories": []}',
+                            "'images' must be a list, got dict"),
+}
+
+
+@pytest.mark.parametrize("name", UNPARSABLE)
+def test_unparsable_json_raises_naming_it(tmp_path, name):
+  text, message = UNPARSABLE[name]
+  path = tmp_path / "instances.json"
+  path.write_bytes(text.encode("latin-1"))
+  with pytest.raises(ValueError, match=message) as info:
+    coco_json.load_json(str(path))
+  assert str(path) in str(info.value)
+
+
+def test_degenerate_boxes_and_crowd_only_images_are_counted(tmp_path, caplog):
+  data = make_json()
+  data["annotations"][0]["bbox"] = [2, 3, 0, 10]  # zero width
+  data["annotations"][2]["bbox"] = [10, 10, 5, -5]  # negative height
+  data["annotations"][1]["bbox"] = [-5, -5, 10, 10]  # partly outside: clipped, kept
+  data["images"].append({"id": 4, "file_name": "c.jpg", "height": H, "width": W})
+  data["annotations"].append(dict(id=8, image_id=4, category_id=9, bbox=[0, 0, 5, 5],
+                                  segmentation=[_rect(0, 0, 5, 5)], iscrowd=1))
+  _, (images, stats) = _read(tmp_path, data)
+  assert stats["skipped_empty_box"] == 3  # the two above and annotation 6 (outside)
+  assert stats["skipped_empty_box_annotation_ids"] == [1, 3, 6]
+  by_id = {im.id: im for im in images}
+  assert by_id[1].objects[0].box == (0.0, 0.0, 5.0, 5.0)
+  # Image 1 keeps only a crowd region, image 4 has one, image 2 none left.
+  assert [o.is_crowd for o in by_id[4].objects] == [True]
+  assert stats["num_images_without_non_crowd_objects"] == 3
+  with caplog.at_level(logging.WARNING, logger="mrcnn_jax.data.coco_json"):
+    coco_json.log_skipped("train", stats)
+  assert ("skipped 3 annotations whose box lies outside the image or has zero or negative "
+          "width or height; annotation ids [1, 3, 6]") in caplog.text
+
+
+def test_polygons_partly_outside_are_rasterised_as_pycocotools_does(tmp_path):
+  """Vertices within one image size of the image are accepted as they are
+  (no clipping): the mask is pycocotools' own, which evaluation uses."""
+  poly = [-30.0, -20.0, 70.0, 5.0, 20.0, 55.0]
+  _, (images, _) = _read(tmp_path, _edit(**{"annotations.0.segmentation": [poly]}))
+  mask = coco_json.object_mask(images[0].objects[0], H, W)
+  expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], H, W)))
+  np.testing.assert_array_equal(mask, expected)
+  assert 0 < mask.sum() < H * W

@@ -9,6 +9,7 @@ pytest.importorskip("tensorflow_datasets")
 
 from mrcnn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 from mrcnn_jax.data import shapes  # pylint: disable=g-import-not-at-top
+from mrcnn_jax.data.stream import StreamPosition  # pylint: disable=g-import-not-at-top
 from mrcnn_jax.input_spec import InputSpec  # pylint: disable=g-import-not-at-top
 
 TINY = dict(num_train=8, num_validation=4)
@@ -75,6 +76,7 @@ def test_batch_contract(data_dir):
       "num_dropped": ((2, 2), np.int32),
       "num_invalid": ((2, 2), np.int32),
       "num_crowd": ((2, 2), np.int32),
+      "stream_index": ((2, 2), np.int64),
   }
   assert set(batch) == set(expected) == set(pipeline.OUTPUT_KEYS)
   for key, (shape, dtype) in expected.items():
@@ -268,23 +270,59 @@ def test_training_draws_min_sizes_evaluation_uses_eval_min_size():
           oh, ow, 100)
 
 
-def test_skip_examples_resumes_the_stream_exactly():
-  examples = [_example(40 + 9 * i, 60, [(5, 5, 30, 30)], seed=i)
-              for i in range(6)]
-  spec = InputSpec(min_sizes=(64, 96), max_size=128, canvases=((128, 128),))
+def _resume_stream(examples, spec, start=None, n=None, **kwargs):
+  ds = pipeline.make_pipeline(
+      _generator_ds(examples), spec=spec, train=True, seed=3, shuffle_buffer=4,
+      max_instances=4, gt_mask_size=14, start=start, **kwargs)
+  return [b for _, b in zip(range(n), pipeline.numpy_batches(ds))]
 
-  def stream(skip):
-    ds = pipeline.make_pipeline(
-        _generator_ds(examples), spec=spec, train=True, batch_dims=(2,),
-        seed=3, shuffle_buffer=4, skip_examples=skip, max_instances=4,
-        gt_mask_size=14)
-    return [b for _, b in zip(range(3), pipeline.numpy_batches(ds))]
 
-  full, resumed = stream(0), stream(2)
-  assert not np.array_equal(full[0]["image"], resumed[0]["image"])
-  for a, b in zip(full[1:], resumed):
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+@pytest.mark.parametrize("buckets", [False, True], ids=["one_canvas", "buckets"])
+def test_a_saved_position_resumes_the_stream_exactly(buckets):
+  """Restarting at the position after any batch gives the uninterrupted
+  stream's next batches, bit for bit, across epoch boundaries (5 examples
+  per epoch, batches of 2) and with partly filled orientation windows."""
+  # Landscape and portrait originals (aspect decides the bucket).
+  examples = [_example(40 + 30 * (i % 3 == 0), 60 - 30 * (i % 3 == 0), [(5, 5, 30, 25)],
+                       seed=i) for i in range(5)]
+  for i, ex in enumerate(examples):
+    ex["image_id"] = np.int64(i + 1)
+  if buckets:
+    spec = InputSpec(min_sizes=(48, 64), max_size=96, canvases=((64, 96), (96, 64)))
+  else:
+    spec = InputSpec(min_sizes=(64, 96), max_size=128, canvases=((128, 128),))
+  full = _resume_stream(examples, spec, n=8, batch_dims=(2,))
+  positions = [StreamPosition()]
+  for batch in full:
+    positions.append(positions[-1].after(batch["stream_index"]))
+  # Each epoch holds every example once, in an order of its own.
+  ids = np.concatenate([b["image_id"] for b in full])
+  order = np.concatenate([b["stream_index"] for b in full])
+  by_epoch = [ids[(order >= 5 * e) & (order < 5 * e + 5)] for e in range(2)]
+  assert all(sorted(e) == [1, 2, 3, 4, 5] for e in by_epoch)
+  assert not np.array_equal(by_epoch[0], by_epoch[1])
+  if buckets:
+    assert {b["image"].shape[1:3] for b in full} == {(64, 96), (96, 64)}
+    assert any(p.pending for p in positions), "no partly filled window to resume"
+  else:
+    assert all(not p.pending and p.next == 2 * k for k, p in enumerate(positions))
+  for k in range(1, 7):
+    resumed = _resume_stream(examples, spec, start=positions[k], n=2, batch_dims=(2,))
+    for a, b in zip(full[k:], resumed):
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"after {k}: {key}")
+
+
+def test_stream_position_refuses_a_stream_that_did_not_restart_exactly():
+  p = StreamPosition().after([0, 2])  # 1 waits in the other window
+  assert p == StreamPosition(3, (1,)) and p.first_to_read == 1
+  assert p.keeps(1) and not p.keeps(2) and p.keeps(3)
+  assert StreamPosition.from_json(p.to_json()) == p
+  assert p.after([1, 4]) == StreamPosition(5, (3,))
+  with pytest.raises(ValueError, match="did not restart"):
+    p.after([2, 3])  # 2 was batched already
+  with pytest.raises(ValueError, match="repeats"):
+    p.after([3, 3])
 
 
 def test_canvas_too_small_and_missing_fields_raise():

@@ -529,3 +529,52 @@ def test_torchscript_archive_rejected(tmp_path):
     zf.writestr("archive/constants.pkl", _pkl(b")"))
   with pytest.raises(ValueError, match="TorchScript"):
     load_torch_state_dict(p)
+
+
+# ---------------------------------------------------------------------------
+# Found by fuzzing (tests/fuzz_inputs.py): each gave another exception type,
+# took seconds and gigabytes, or could.
+
+
+def _central_entry(raw, name):
+  """Offset of the central-directory entry of `name` in zip bytes `raw`."""
+  start = raw.index(b"PK\x01\x02")
+  while raw[start + 46:start + 46 + struct.unpack_from("<H", raw, start + 28)[0]] != name:
+    start = raw.index(b"PK\x01\x02", start + 4)
+  return start
+
+
+@pytest.mark.parametrize("field, value, message", [
+    (10, struct.pack("<H", 99), "compression method"),  # zipfile: NotImplementedError
+    (8, struct.pack("<H", 1 << 6), "corrupt torch zip"),  # "strong encryption" flag
+    (24, struct.pack("<I", 2**31), "claims 2147483648 bytes"),  # size before allocating
+], ids=["compression", "encryption", "size"])
+def test_damaged_zip_directory_is_value_error(tmp_path, field, value, message):
+  raw = bytearray(_write_zip(tmp_path / "ok.pt", _pkl(_dict(("w", _tensor())))).read_bytes())
+  at = _central_entry(bytes(raw), b"archive/data.pkl") + field
+  raw[at:at + len(value)] = value
+  p = tmp_path / "bad.pt"
+  p.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match=message) as info:
+    load_torch_state_dict(p)
+  assert str(p) in str(info.value)
+
+
+@pytest.mark.parametrize("container", ["zip", "legacy"])
+def test_huge_memo_index_is_refused_before_unpickling(tmp_path, container):
+  """LONG_BINPUT 2**31 makes the C unpickler grow and zero its memo to 16 GB
+  (seconds, or the OOM killer) from five bytes."""
+  legacy = container == "legacy"
+  body = _pkl(_dict(("w", _tensor(legacy=legacy) + b"r" + struct.pack("<I", 2**31))))
+  path = tmp_path / "memo.pt"
+  (_write_legacy if legacy else _write_zip)(path, body)
+  with pytest.raises(ValueError, match=r"memo index 2147483648 beyond the \d+-byte pickle"):
+    load_torch_state_dict(path)
+
+
+def test_containers_nested_too_deeply_are_value_error(tmp_path):
+  depth = 100_000
+  nested = b"]" * depth + b"a" * (depth - 1)  # [[[...]]] without recursion in pickle
+  p = _write_zip(tmp_path / "deep.pt", _pkl(_dict(("w", _tensor()), ("deep", nested))))
+  with pytest.raises(ValueError, match="nested too deeply"):
+    load_torch_state_dict(p)

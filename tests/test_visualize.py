@@ -87,3 +87,40 @@ def test_save_png_round_trip(tmp_path):
     path = tmp_path / "viz" / "det.png"
     visualize.save_png(path, image)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
+
+
+def test_draw_boxes_outlines_only():
+  image = np.full((40, 50, 3), 10, np.uint8)
+  out = visualize.draw_boxes(image, np.array([[5.0, 5.0, 20.0, 30.0], [np.nan, 0, 1, 1]]),
+                             colors=(200, 0, 0), width=1)
+  np.testing.assert_array_equal(out[5, 10], [200, 0, 0])   # top edge
+  np.testing.assert_array_equal(out[29, 19], [200, 0, 0])  # bottom-right corner
+  np.testing.assert_array_equal(out[15, 12], image[15, 12])  # inside untouched
+  np.testing.assert_array_equal(out[35, 40], image[35, 40])
+  np.testing.assert_array_equal(image, np.full((40, 50, 3), 10, np.uint8))  # not modified
+  per_box = visualize.draw_boxes(image, np.array([[0.0, 0.0, 10.0, 10.0]]))
+  np.testing.assert_array_equal(per_box[0, 5], visualize.instance_color(0))
+  with pytest.raises(ValueError, match="colors"):
+    visualize.draw_boxes(image, np.zeros((2, 4)), colors=[(1, 2, 3)])
+
+
+def test_heatmap_upscale_and_grid():
+  values = np.array([[0.0, 0.5], [1.0, np.nan]])
+  rgb = visualize.heatmap(values)
+  assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
+  np.testing.assert_array_equal(rgb[0, 0], [68, 1, 84])      # viridis low end
+  np.testing.assert_array_equal(rgb[1, 0], [253, 231, 37])   # high end
+  np.testing.assert_array_equal(rgb[1, 1], rgb[0, 0])        # NaN drawn as the low end
+  np.testing.assert_array_equal(rgb[0, 1], [33, 145, 140])   # the middle
+  clipped = visualize.heatmap(np.array([[-1.0, 2.0]]), vmin=0.0, vmax=1.0)
+  np.testing.assert_array_equal(clipped[0], [[68, 1, 84], [253, 231, 37]])
+  big = visualize.upscale(rgb, 3)
+  assert big.shape == (6, 6, 3)
+  np.testing.assert_array_equal(big[3:6, 0:3], np.broadcast_to(rgb[1, 0], (3, 3, 3)))
+  grid = visualize.image_grid([np.zeros((4, 5, 3), np.uint8), np.ones((2, 3, 3), np.uint8) * 7,
+                               np.zeros((4, 5, 3), np.uint8)], cols=2, pad=1)
+  assert grid.shape == (4 + 1 + 4, 5 + 1 + 5, 3)
+  np.testing.assert_array_equal(grid[0:2, 6:9], 7)
+  assert (grid[0:2, 9:11] == 255).all() and (grid[4] == 255).all()
+  with pytest.raises(ValueError, match="values"):
+    visualize.heatmap(np.zeros(3))

@@ -7,6 +7,7 @@ load on first attribute access, e.g. ``mrcnn_jax.data.pipeline`` or
 
 Submodules:
   shapes    the built-in synthetic "shapes" instance-segmentation dataset
+  figures   the built-in synthetic stick-figure keypoint dataset (``mrcnn_figures``)
             (TFDS builder ``mrcnn_shapes``), plus its COCO-format ground truth.
   coco      COCO 2017 and any COCO-format dataset with instance masks (TFDS
             builder ``mrcnn_coco``), prepared from local files.
@@ -19,7 +20,7 @@ Submodules:
 
 import importlib
 
-_SUBMODULES = ("shapes", "coco", "coco_json", "pipeline", "datasets")
+_SUBMODULES = ("shapes", "figures", "coco", "coco_json", "pipeline", "datasets")
 
 
 def hide_accelerators_from_tf() -> None:

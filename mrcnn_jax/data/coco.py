@@ -38,12 +38,14 @@ Features of one example (one image):
 =====================  =========================================================
 ``image``              the image file's own bytes when it is a JPEG or PNG, else
                        (BMP, GIF, TIFF, WebP, ...) re-encoded at build time as
-                       an RGB PNG. Decoded (by TFDS with ``decode=True``, or by
-                       the pipeline) with ``decode_image(channels=3)``, which
+                       an RGB PNG by ``mrcnn_jax.image_io`` (predict's rule).
+                       Decoded (by TFDS with ``decode=True``, or by the
+                       pipeline) with ``decode_image(channels=3)``, which
                        turns grayscale, palette, CMYK and 16-bit images into
-                       RGB and drops an alpha channel (not composited). EXIF
-                       orientation is ignored: annotations refer to the pixels
-                       as stored, as in the COCO json.
+                       RGB (16-bit: the high byte) and drops an alpha channel
+                       (not composited). EXIF orientation is ignored:
+                       annotations refer to the pixels as stored, as in the
+                       COCO json.
 ``image_id``           int64, the COCO ``images[].id`` (0 <= id < 2**31, the
                        pipeline's int32)
 ``file_name``          text, ``images[].file_name``
@@ -60,14 +62,21 @@ Features of one example (one image):
                        rasterised with pycocotools from polygons (several per
                        object are merged) or RLE (compressed or uncompressed)
 ``objects/area``       float32, the json ``area`` (mask area if absent)
+``keypoints``          float32 [n * 3K], every object's ``keypoints`` (x, y, v)
+                       in original pixels, flattened (0 where an annotation has
+                       none); K from the categories' ``keypoints`` names (0 for
+                       instance jsons). :func:`load_coco` gives them as
+                       ``objects/keypoints`` [n, 3K]
 =====================  =========================================================
 
 The class names and category ids (sorted by id) are stored in the dataset's
-metadata (:func:`coco_class_names`, :func:`coco_label_map`) together with
+metadata (:func:`coco_class_names`, :func:`coco_label_map`; keypoint names
+and skeleton: :func:`coco_keypoint_info`) together with
 per-split counts of what was skipped (:func:`coco_split_stats`).
 
 Bad input is found at build time, in Python (preparation is the one-time
-step; the tf.data hot path then only sees data that decodes):
+step; the tf.data hot path then only sees data that decodes). README.md's
+"Bad input" has the whole table with the messages; in short:
 
 ===============================  ============================================
 missing annotation json          ``FileNotFoundError`` naming the path
@@ -86,9 +95,10 @@ the train and validation jsons
 missing image file(s)            ``FileNotFoundError`` before any example is
                                  written, naming the json, the image folder and
                                  the first missing files with their image ids
-corrupt / undecodable image,     ``ValueError`` naming the file and image id
-or size differing from the json  (checked by decoding it with TensorFlow's own
-                                 decoder, as the pipeline will)
+corrupt / truncated / empty      ``ValueError`` naming the file and image id
+image, or size differing from    (checked by decoding it with TensorFlow's own
+the json, or larger than PIL's   decoder, as the pipeline will)
+decompression-bomb limit
 unknown ``category_id``          skipped and counted; logged as "skipped N
                                  annotations with unknown category ids: [...]"
 unknown ``image_id``             skipped and counted; logged
@@ -101,7 +111,9 @@ coordinates or under 3 points    object keeps its other polygons); an object
 other malformed segmentation     ``ValueError`` naming the json and the
 (not a list of polygons nor an   annotation id: RLE ``size`` differing from the
 RLE dict, non-numeric or non-    image, ``counts`` that are not a valid RLE of
-finite coordinates, bad RLE)     ``height * width`` pixels, ...
+finite coordinates, a vertex     ``height * width`` pixels, ...
+more than one image size
+outside the image, bad RLE)
 ===============================  ============================================
 
 Images without annotations are kept (evaluation needs them); training can
@@ -130,6 +142,7 @@ from PIL import Image as PILImage
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mrcnn_jax import image_io
 from mrcnn_jax.data import hide_accelerators_from_tf
 from mrcnn_jax.data import coco_json
 from mrcnn_jax.data.coco_json import (CocoSource, LABEL_SPACES,
@@ -188,12 +201,18 @@ def _image_bytes(file_path: str,
   where = f"mrcnn_coco: image {file_path} (image id {image.id})"
   with open(file_path, "rb") as f:
     data = f.read()
+  if not data:
+    raise ValueError(f"{where} is empty (0 bytes)")
   try:
     with PILImage.open(io.BytesIO(data)) as pil:
       fmt = pil.format
       if fmt not in ("JPEG", "PNG"):
         pil.load()
-        data = png_bytes(np.asarray(pil.convert("RGB")))
+        data = png_bytes(image_io.to_rgb(pil, where))  # predict's rule
+  except ValueError as e:
+    if where in str(e):
+      raise
+    raise ValueError(f"{where} cannot be read as an image: {e}") from e
   except Exception as e:  # PIL raises many types for bad files.
     raise ValueError(f"{where} cannot be read as an image: {e}") from e
   # Decode with the pipeline's own decoder, so what passes here decodes there.
@@ -224,11 +243,16 @@ def _object_feature(obj: coco_json.ObjectRecord, height: int,
   }
 
 
-def _encode_image(images_dir: str,
-                  image: coco_json.ImageRecord) -> tuple[dict, bool]:
+def _encode_image(images_dir: str, image: coco_json.ImageRecord,
+                  num_keypoints: int = 0) -> tuple[dict, bool]:
   data, reencoded = _image_bytes(os.path.join(images_dir, image.file_name),
                                  image)
+  keypoints = np.zeros((len(image.objects), 3 * num_keypoints), np.float32)
+  for i, o in enumerate(image.objects):
+    if o.keypoints is not None:
+      keypoints[i] = o.keypoints
   return {
+      "keypoints": keypoints.reshape(-1),
       "image": data,
       "image_id": image.id,
       "file_name": image.file_name,
@@ -269,8 +293,9 @@ def _source_fingerprint(path: str) -> dict[str, Any]:
 class MrcnnCoco(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   """COCO-format instance segmentation (boxes, classes, crowd, masks)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Keypoints (COCO person-keypoints jsons) and their names."}
   BUILDER_CONFIGS = [COCO2017]
   DEFAULT_CONFIG_NAME = "coco2017"
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -296,6 +321,7 @@ class MrcnnCoco(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
                     encoding_format="png"),
                 "area": tfds.features.Scalar(dtype=np.float32),
             }),
+            "keypoints": tfds.features.Tensor(shape=(None,), dtype=np.float32),
         }),
         supervised_keys=None,
         metadata=tfds.core.MetadataDict(),
@@ -322,26 +348,30 @@ class MrcnnCoco(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
         categories, source_of_categories = cats, json_path
         metadata["class_names"] = [name for _, name in categories]
         metadata["category_ids"] = [cid for cid, _ in categories]
+        names, skeleton = coco_json.keypoint_categories(json_path, data)
+        metadata["keypoint_names"], metadata["keypoint_skeleton"] = names, skeleton
       elif cats != categories:
         raise ValueError(
             f"mrcnn_coco: the categories of {json_path} differ from those of "
             f"{source_of_categories}; both splits need the same (id, name) "
             "list")
       images, stats = coco_json.read_split(json_path, data,
-                                           metadata["category_ids"])
+                                           metadata["category_ids"],
+                                           len(metadata["keypoint_names"]))
       del data  # the images keep what they need
       coco_json.check_image_files(json_path, images_dir, images)
       coco_json.log_skipped(split, stats)
       stats.update(json=json_path, images=images_dir,
                    json_fingerprint=_source_fingerprint(json_path))
       metadata["splits"][split] = stats
-      generators[split] = self._generate_examples(split, images_dir, images,
-                                                  stats)
+      generators[split] = self._generate_examples(
+          split, images_dir, images, stats, len(metadata["keypoint_names"]))
     return generators
 
-  def _generate_examples(self, split, images_dir, images, stats):
+  def _generate_examples(self, split, images_dir, images, stats,
+                         num_keypoints=0):
     workers = min(8, os.cpu_count() or 1)
-    encode = lambda im: (im.id, _encode_image(images_dir, im))
+    encode = lambda im: (im.id, _encode_image(images_dir, im, num_keypoints))
     reencoded = 0
     for image_id, (example, was_reencoded) in _imap_ordered(encode, images,
                                                             workers):
@@ -442,6 +472,17 @@ def coco_label_map(builder: MrcnnCoco,
   return {i: i for i in range(1, max(meta["category_ids"]) + 1)}
 
 
+def coco_keypoint_info(builder: MrcnnCoco) -> dict[str, Any]:
+  """``keypoint_names`` and ``keypoint_skeleton`` (1-based index pairs) of
+  the dataset's categories; {} for a dataset without keypoints."""
+  meta = _metadata(builder)
+  names = list(meta.get("keypoint_names") or [])
+  if not names:
+    return {}
+  return {"keypoint_names": tuple(names),
+          "keypoint_skeleton": tuple(tuple(p) for p in meta.get("keypoint_skeleton", []))}
+
+
 def coco_split_stats(builder: MrcnnCoco, split: str) -> dict[str, Any]:
   """What preparing `split` found: image / object counts and the skipped
   annotations by reason (``skipped_*``), with up to 20 of their ids."""
@@ -478,6 +519,17 @@ def load_coco(builder: MrcnnCoco,
   ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
                           read_config=read_config,
                           decoders=image_decoders(decode))
+  num_keypoints = len(coco_keypoint_info(builder).get("keypoint_names", ()))
+
+  def keypoints_per_object(example):
+    example = dict(example)
+    flat = example.pop("keypoints")
+    objects = dict(example["objects"])
+    if num_keypoints:
+      objects["keypoints"] = tf.reshape(flat, [-1, 3 * num_keypoints])
+    return dict(example, objects=objects)
+
+  ds = ds.map(keypoints_per_object, num_parallel_calls=tf.data.AUTOTUNE)
   if _label_space(label_space) == "coco_ids":
     def to_category(example):
       objects = dict(example["objects"])

@@ -8,6 +8,8 @@ tested without the TFDS builder in ``coco.py``, which calls it at build time:
 * :func:`load_json`, :func:`categories`, :func:`read_split`: read a json and
   check every record; return the images with the annotations that passed, and
   the counts of what was skipped (:func:`log_skipped` logs them).
+* :func:`keypoint_categories`: the keypoint names and skeleton of the
+  categories (COCO's person-keypoints format), if any.
 * :func:`check_image_files`: raises if image files are missing.
 * :func:`object_mask`: the 0/1 mask of one annotation, by pycocotools.
 
@@ -48,6 +50,16 @@ Place COCO 2017 in the manual directory (nothing is downloaded):
 
 _MAX_LISTED = 20  # ids listed in a log line or an error
 _INT32_MAX = 2**31 - 1
+_INT64 = (-2**63, 2**63 - 1)  # annotation and category ids (TFDS int64)
+
+
+def max_image_pixels() -> int | None:
+  """The largest height * width accepted: PIL's decompression-bomb limit
+  (2 * ``PIL.Image.MAX_IMAGE_PIXELS``, 178,956,970 by default), past which
+  the builder's image reader refuses a file anyway; None if a user lifted it."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  limit = Image.MAX_IMAGE_PIXELS
+  return None if limit is None else 2 * int(limit)
 
 
 # ------------------------------------------------------------------------------
@@ -146,9 +158,16 @@ def load_json(path: str) -> dict[str, Any]:
     raise FileNotFoundError(f"mrcnn_coco: annotation json not found: {path}")
   try:
     with open(path, "rb") as f:
-      data = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"mrcnn_coco: {path} is not valid JSON: {e}") from e
+      raw = f.read()
+    data = json.loads(raw)
+  except json.JSONDecodeError as e:
+    ends = " (the file ends early: truncated?)" if e.pos >= len(e.doc.rstrip()) else ""
+    raise ValueError(f"mrcnn_coco: {path} is not valid JSON{ends}: {e}") from e
+  except (ValueError, RecursionError) as e:
+    # UnicodeDecodeError, integers of more than 4300 digits, nesting deeper
+    # than the parser's recursion limit.
+    raise ValueError(f"mrcnn_coco: {path} is not valid JSON: "
+                     f"{type(e).__name__}: {str(e)[:200]}") from e
   if not isinstance(data, dict):
     raise ValueError(f"mrcnn_coco: {path}: expected a JSON object at the top "
                      f"level, got {type(data).__name__}")
@@ -179,9 +198,9 @@ def categories(path: str, data: Mapping[str, Any]) -> list[tuple[int, str]]:
   cats = {}
   for i, cat in enumerate(data["categories"]):
     _record(path, "categories", i, cat, ("id", "name"))
-    if not _is_int(cat["id"]):
-      raise ValueError(f"mrcnn_coco: {path}: categories[{i}]['id'] must be an "
-                       f"integer, got {cat['id']!r}")
+    if not _is_int(cat["id"]) or not _INT64[0] <= cat["id"] <= _INT64[1]:
+      raise ValueError(f"mrcnn_coco: {path}: categories[{i}]['id'] must be a "
+                       f"64-bit integer, got {cat['id']!r}")
     if cat["id"] in cats:
       raise ValueError(f"mrcnn_coco: {path}: category id {cat['id']} appears "
                        "more than once")
@@ -189,6 +208,31 @@ def categories(path: str, data: Mapping[str, Any]) -> list[tuple[int, str]]:
   if not cats:
     raise ValueError(f"mrcnn_coco: {path}: 'categories' is empty")
   return sorted(cats.items())
+
+
+def keypoint_categories(path: str, data: Mapping[str, Any]
+                        ) -> tuple[list[str], list[list[int]]]:
+  """(keypoint names, skeleton as 1-based index pairs) of the categories
+  that list ``keypoints`` (COCO's person_keypoints jsons); ([], []) when
+  none does. All such categories must list the same names."""
+  found = None
+  for i, cat in enumerate(data["categories"]):
+    names = cat.get("keypoints") if isinstance(cat, dict) else None
+    if names is None:
+      continue
+    skeleton = cat.get("skeleton", [])
+    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+        or not isinstance(skeleton, list)
+        or not all(isinstance(p, list) and len(p) == 2 and all(
+            _is_int(j) and 1 <= j <= len(names) for j in p) for p in skeleton)):
+      raise ValueError(f"mrcnn_coco: {path}: categories[{i}] has malformed 'keypoints' "
+                       "(a list of names) or 'skeleton' (pairs of 1-based keypoint "
+                       "indices)")
+    if found is not None and found[0] != names:
+      raise ValueError(f"mrcnn_coco: {path}: categories list different 'keypoints' "
+                       "names; one set of keypoints per dataset is supported")
+    found = (names, [[int(j) for j in p] for p in skeleton])
+  return found if found is not None else ([], [])
 
 
 @dataclasses.dataclass
@@ -203,6 +247,7 @@ class ObjectRecord:
   area: float | None
   polygons: list[list[float]] | None  # or
   rle: dict[str, Any] | None  # compressed: {"size": [h, w], "counts": bytes}
+  keypoints: list[float] | None = None  # [x, y, v] * K, original pixels
 
 
 @dataclasses.dataclass
@@ -251,6 +296,26 @@ def _rle(where: str, counts, height: int, width: int) -> dict[str, Any]:
   return rle
 
 
+def _check_polygon(where: str, poly: list, height: int, width: int) -> None:
+  """Raises unless every vertex lies within one image size of the image.
+
+  pycocotools rasterises a polygon by walking its whole outline at 5x
+  resolution: a vertex a million pixels away costs a tenth of a second, one
+  at 1e8 hangs it and one at 1e9 crashes the process (found by fuzzing).
+  Such a vertex is a corrupt coordinate (COCO's lie within the image), so it
+  is named instead of clipped (clipping would change pycocotools' mask, which
+  evaluation uses)."""
+  xs, ys = poly[0::2], poly[1::2]
+  for axis, values, size in (("x", xs, width), ("y", ys, height)):
+    lo, hi = min(values, default=0), max(values, default=0)
+    if lo < -size or hi > 2 * size:
+      bad = lo if lo < -size else hi
+      raise ValueError(
+          f"{where}: polygon {axis} coordinate {bad!r} lies more than one image "
+          f"size outside the {height} x {width} (height x width) image "
+          "(corrupt coordinates, or annotations of a differently sized image?)")
+
+
 def _segmentation(path, ann, height, width, counters):
   """(polygons, compressed rle) of one annotation; raises on malformed input,
   returns (None, None) when no valid polygon is left (counted)."""
@@ -265,6 +330,7 @@ def _segmentation(path, ann, height, width, counters):
             f"y2, ...], ...] of numbers or an RLE dict, got {str(seg)[:80]}")
       if not all(math.isfinite(v) for v in poly):
         raise ValueError(f"{where}: 'segmentation' has non-finite coordinates")
+      _check_polygon(where, poly, height, width)
       if len(poly) % 2 or len(poly) < 6:
         counters["invalid_polygon"].append(aid)
         continue
@@ -287,12 +353,29 @@ def _segmentation(path, ann, height, width, counters):
                    f"RLE dict, got {type(seg).__name__}")
 
 
-def read_split(path: str, data: Mapping[str, Any], category_ids: list[int]
-               ) -> tuple[list[ImageRecord], dict[str, Any]]:
+def _keypoints(where: str, ann, num_keypoints: int) -> list[float] | None:
+  """An annotation's ``keypoints`` ([x, y, v] * K numbers, v in 0..2), or
+  None (unlabelled) when it has none or num_keypoints is 0."""
+  kp = ann.get("keypoints")
+  if not num_keypoints or kp is None:
+    return None
+  if (not isinstance(kp, list) or len(kp) != 3 * num_keypoints
+      or not all(_is_number(v) and math.isfinite(v) for v in kp)
+      or not all(kp[i] in (0, 1, 2) for i in range(2, len(kp), 3))):
+    raise ValueError(f"{where}: 'keypoints' must be {3 * num_keypoints} finite numbers "
+                     f"[x1, y1, v1, ...] with v in 0, 1, 2 (the category lists "
+                     f"{num_keypoints} keypoints), got {str(kp)[:80]}")
+  return [float(v) for v in kp]
+
+
+def read_split(path: str, data: Mapping[str, Any], category_ids: list[int],
+               num_keypoints: int = 0) -> tuple[list[ImageRecord], dict[str, Any]]:
   """Checks one loaded json (`data`, read from `path`; labels index
   `category_ids`); returns its images (with their objects, in json order) and
-  the counts of what was skipped."""
+  the counts of what was skipped. With ``num_keypoints`` K > 0 each
+  object's ``keypoints`` are read too (see :func:`keypoint_categories`)."""
   label_of = {cid: i for i, cid in enumerate(category_ids)}
+  max_pixels = max_image_pixels()
   images: dict[int, ImageRecord] = {}
   for i, img in enumerate(data["images"]):
     _record(path, "images", i, img, ("id", "file_name", "height", "width"))
@@ -305,6 +388,12 @@ def read_split(path: str, data: Mapping[str, Any], category_ids: list[int]
       if not _is_int(img[key]) or img[key] < 1:
         raise ValueError(f"mrcnn_coco: {path}: images[{i}] (id {iid}) has "
                          f"{key!r} = {img[key]!r}; expected a positive int")
+    if max_pixels is not None and img["height"] * img["width"] > max_pixels:
+      raise ValueError(
+          f"mrcnn_coco: {path}: images[{i}] (id {iid}) is {img['height']} x "
+          f"{img['width']} (height x width), more than {max_pixels} pixels "
+          "(PIL's decompression-bomb limit, which the image reader enforces; "
+          "raise PIL.Image.MAX_IMAGE_PIXELS to allow it)")
     if not isinstance(img["file_name"], str) or not img["file_name"]:
       raise ValueError(f"mrcnn_coco: {path}: images[{i}] (id {iid}) has "
                        f"'file_name' = {img['file_name']!r}")
@@ -321,9 +410,9 @@ def read_split(path: str, data: Mapping[str, Any], category_ids: list[int]
     _record(path, "annotations", j, ann,
             ("id", "image_id", "category_id", "bbox", "segmentation"))
     aid = ann["id"]
-    if not _is_int(aid):
-      raise ValueError(f"mrcnn_coco: {path}: annotations[{j}]['id'] must be an "
-                       f"integer, got {aid!r}")
+    if not _is_int(aid) or not _INT64[0] <= aid <= _INT64[1]:
+      raise ValueError(f"mrcnn_coco: {path}: annotations[{j}]['id'] must be a "
+                       f"64-bit integer, got {aid!r}")
     if aid in seen_ids:
       raise ValueError(f"mrcnn_coco: {path}: annotation id {aid} appears more "
                        "than once")
@@ -366,7 +455,7 @@ def read_split(path: str, data: Mapping[str, Any], category_ids: list[int]
         id=int(aid), label=label_of[ann["category_id"]],
         category_id=int(ann["category_id"]), is_crowd=bool(crowd),
         box=(x1, y1, x2, y2), area=None if area is None else float(area),
-        polygons=polygons, rle=rle))
+        polygons=polygons, rle=rle, keypoints=_keypoints(where, ann, num_keypoints)))
   stats = {
       "num_images": len(images),
       "num_annotations": len(data["annotations"]),
@@ -396,7 +485,8 @@ def log_skipped(split: str, stats: Mapping[str, Any]) -> None:
                 name, n, _listed(stats["unknown_category_ids"]))
   messages = {
       "unknown_image": "with unknown image ids",
-      "empty_box": "whose box lies outside the image or has zero area",
+      "empty_box": "whose box lies outside the image or has zero or "
+                   "negative width or height",
       "no_valid_segmentation": "without a valid polygon (each has an odd "
                                "number of coordinates or under 3 points)",
       "invalid_polygon": "polygons (not annotations) with an odd number of "

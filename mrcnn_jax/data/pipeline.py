@@ -20,6 +20,9 @@ Input: each element of ``ds`` is a dict in the layout TFDS decodes
 ``objects/is_crowd``   bool [n], optional: COCO ``iscrowd`` regions. They never
                        become ground truth (so never positives); they are
                        dropped and counted in ``num_crowd``. Absent = no crowd.
+``objects/keypoints``  float [n, K, 3] or [n, 3K], (x, y, v) in original
+                       pixels, v = 0 unlabelled; read when ``num_keypoints``
+                       is K > 0 (Keypoint R-CNN)
 =====================  =========================================================
 
 Other fields (``height``, ``objects/category_id``, ...) are ignored. Images
@@ -55,6 +58,16 @@ Output: one dict per batch (numpy through :func:`numpy_batches`):
 ``num_invalid``    int32 [...]     objects dropped for a zero-area box (after
                                    clipping to the image); crowd not included
 ``num_crowd``      int32 [...]     crowd objects dropped (``objects/is_crowd``)
+``stream_index``   int64 [...]     the example's place in the input stream
+                                   (see "Determinism and resuming"); -1 for
+                                   padding examples
+``gt_keypoints``   float32         [..., N, K, 3] (x, y, v) in pixels of the
+                                   resized (and flipped) image, only with
+                                   ``num_keypoints`` K > 0; unlabelled
+                                   keypoints and padding are all 0. A flip
+                                   mirrors x and swaps left and right
+                                   (``keypoint_flip_map``: keypoint i takes
+                                   the place of ``flip_map[i]``)
 =================  ==============  ============================================
 
 Sizes, canvases and normalisation are those of an
@@ -102,13 +115,18 @@ stream)`` (independent of the flip's draw); evaluation uses
 multi-scale and evaluates at 800). ``max_size`` stays one value, and the spec
 checks that its canvases hold every scale.
 
-Determinism: for a given ``seed`` the stream is identical run to run:
-shuffling is seeded, the map is ordered, and each example's flip (and scale)
-is drawn from a stateless RNG keyed on ``(seed, position in the stream)``.
-Resuming with ``skip_examples`` restarts the stream exactly with one canvas;
-with orientation buckets the examples that were waiting in a partly filled
-bucket at the checkpoint are not replayed exactly (at most ``batch - 1`` per
-bucket are seen twice or skipped).
+Determinism and resuming: for a given ``seed`` the stream is identical run
+to run. Training reads the split epoch after epoch, each epoch shuffled
+(``shuffle_buffer``) by a seed drawn from ``(seed, epoch)`` alone, and numbers
+the examples by their *stream index* ``epoch * epoch_size + offset``; each
+example's flip (and scale) is drawn from a stateless RNG keyed on ``(seed,
+stream index)``, the map is ordered, and orientation windows fill in stream
+order. Every batch carries its examples' ``stream_index``. A
+:class:`~mrcnn_jax.data.stream.StreamPosition` (``start``) restarts the
+stream exactly where a checkpoint left it, partly filled orientation windows
+included: reading begins in the epoch that holds the first example still
+needed (earlier epochs are not read), and the examples that were already
+batched are let through no more (see ``mrcnn_jax/data/stream.py``).
 """
 
 from __future__ import annotations
@@ -120,13 +138,14 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn_jax.data import hide_accelerators_from_tf
+from mrcnn_jax.data.stream import StreamPosition
 from mrcnn_jax.input_spec import InputSpec
 
 hide_accelerators_from_tf()
 
 OUTPUT_KEYS = ("image", "image_size", "orig_size", "scale", "image_id",
                "gt_boxes", "gt_labels", "gt_valid", "gt_masks", "num_dropped",
-               "num_invalid", "num_crowd")
+               "num_invalid", "num_crowd", "stream_index")
 
 
 def resized_size(height, width, min_size, max_size: int):
@@ -252,9 +271,36 @@ def _canvas(spec: InputSpec, new_h, new_w):
   return canvas_hw[0], canvas_hw[1]
 
 
+def _keypoints(objects, keep, num_keypoints: int):
+  """objects/keypoints at `keep` -> float32 [k, K, 3] in original pixels."""
+  if "keypoints" not in objects:
+    raise ValueError("pipeline: num_keypoints > 0 but the example has no "
+                     "'objects/keypoints' (a dataset without keypoints?)")
+  kp = tf.cast(objects["keypoints"], tf.float32)
+  kp = tf.reshape(tf.gather(tf.reshape(kp, [-1, 3 * num_keypoints]), keep),
+                  [-1, num_keypoints, 3])
+  return kp
+
+
+def _resize_flip_keypoints(kp, ratio_x, ratio_y, new_w, flip, flip_map):
+  """[k, K, 3] keypoints: per-axis resize, then the flip (x -> new_w - x,
+  left/right swapped by `flip_map`); unlabelled ones are all 0."""
+  x, y, v = tf.unstack(kp, axis=-1)
+  x, y = x * ratio_x, y * ratio_y
+  if flip_map is not None:
+    fx = tf.gather(new_w - x, flip_map, axis=1)
+    fy = tf.gather(y, flip_map, axis=1)
+    fv = tf.gather(v, flip_map, axis=1)
+    x, y, v = (tf.where(flip, a, b) for a, b in ((fx, x), (fy, y), (fv, v)))
+  labelled = v > 0
+  return tf.stack([tf.where(labelled, x, 0.0), tf.where(labelled, y, 0.0), v], axis=-1)
+
+
 def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
                        min_size=None, max_instances: int,
-                       gt_mask_size: int) -> dict[str, Any]:
+                       gt_mask_size: int, num_keypoints: int = 0,
+                       keypoint_flip_map: Sequence[int] | None = None
+                       ) -> dict[str, Any]:
   """One example in the input layout -> one unbatched output dict.
 
   Works eagerly and inside ``tf.data`` (graph mode). ``flip`` (Python bool or
@@ -263,9 +309,15 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
   ``spec.eval_min_size``. The image is resized, normalised and padded by the
   ``spec``; with orientation buckets ``image`` has a static shape of
   ``[None, None, 3]``. See the module docstring for the input and output
-  layouts; boxes are ``xyxy`` in pixels of the resized image.
+  layouts; boxes are ``xyxy`` in pixels of the resized image. With
+  ``num_keypoints`` K > 0, ``gt_keypoints`` too (``keypoint_flip_map``, a
+  permutation of range(K), is required then).
   """
   _check_fields(example)
+  if num_keypoints and (keypoint_flip_map is None
+                        or sorted(keypoint_flip_map) != list(range(num_keypoints))):
+    raise ValueError(f"pipeline: keypoint_flip_map must be a permutation of "
+                     f"range({num_keypoints}), got {keypoint_flip_map!r}")
   if min_size is None:
     min_size = spec.eval_min_size
   flip = tf.cast(flip, tf.bool)
@@ -308,6 +360,8 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
   boxes = tf.gather(boxes, keep)
   labels = tf.gather(labels, keep)
   masks = _gather_masks(objects["mask"], keep, height, width)
+  if num_keypoints:
+    keypoints = _keypoints(objects, keep, num_keypoints)
 
   # --- Mask targets from the full-resolution masks, before the resize. ----
   gt_masks = crop_masks_to_boxes(masks, boxes, gt_mask_size)
@@ -357,6 +411,13 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
       "num_invalid": num_invalid,
       "num_crowd": num_crowd,
   }
+  if num_keypoints:
+    keypoints = _resize_flip_keypoints(
+        keypoints, new_wf / wf, new_hf / hf, new_wf, flip,
+        tf.constant(keypoint_flip_map, tf.int32))
+    out["gt_keypoints"] = tf.ensure_shape(
+        tf.pad(keypoints, [[0, pad_n], [0, 0], [0, 0]]),
+        [max_instances, num_keypoints, 3])
   out["gt_boxes"] = tf.ensure_shape(out["gt_boxes"], [max_instances, 4])
   out["gt_labels"] = tf.ensure_shape(out["gt_labels"], [max_instances])
   out["gt_masks"] = tf.ensure_shape(
@@ -364,13 +425,16 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
   return out
 
 
-def _padding_examples(count, canvas_hw, max_instances, gt_mask_size):
+def _padding_examples(count, canvas_hw, max_instances, gt_mask_size,
+                      num_keypoints=0):
   """`count` blank examples (image_id -1) of canvas (H, W) (ints or a tensor)
   that fill a final partial batch; leading axis `count`."""
   canvas_hw = tf.cast(tf.stack([canvas_hw[0], canvas_hw[1]]), tf.int32)
   zeros = lambda shape, dtype: tf.zeros(tf.concat(
       [[count], tf.cast(tf.reshape(shape, [-1]), tf.int32)], 0), dtype)
-  return {
+  out = {} if not num_keypoints else {
+      "gt_keypoints": zeros([max_instances, num_keypoints, 3], tf.float32)}
+  return dict(out, **{
       "image": zeros(tf.concat([canvas_hw, [3]], 0), tf.float32),
       "image_size": tf.tile(canvas_hw[None], [count, 1]),
       "orig_size": tf.tile(canvas_hw[None], [count, 1]),
@@ -384,17 +448,95 @@ def _padding_examples(count, canvas_hw, max_instances, gt_mask_size):
       "num_dropped": zeros([], tf.int32),
       "num_invalid": zeros([], tf.int32),
       "num_crowd": zeros([], tf.int32),
-  }
+      "stream_index": tf.fill([count], tf.constant(-1, tf.int64)),
+  })
+
+
+def epoch_seed(seed: int, epoch):
+  """The shuffle seed of ``epoch`` (int or int64 tensor): a stateless draw
+  keyed on ``(seed, epoch)``, so an epoch's order never depends on how the
+  epochs before it were read."""
+  key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+  return tf.random.stateless_uniform([], seed=key, minval=0, maxval=2**62,
+                                     dtype=tf.int64)
+
+
+def shard_seed(seed: int, index: int) -> int:
+  """The seed of shard ``index`` of several (shuffle, flips, scales): each
+  process's share of the input is shuffled and flipped by its own draws
+  (one shard, i.e. one process, keeps ``seed`` itself)."""
+  return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def shard_size(num_examples: int, index: int, count: int) -> int:
+  """Examples of ``num_examples`` in ``ds.shard(count, index)``: those at
+  positions ``index, index + count, ...``."""
+  return max(0, (int(num_examples) - int(index) + int(count) - 1) // int(count))
+
+
+def count_examples(ds: tf.data.Dataset) -> int:
+  """Examples in one pass of ``ds``: its cardinality when tf.data knows it,
+  else counted by reading it once."""
+  n = int(ds.cardinality())
+  if n == tf.data.INFINITE_CARDINALITY:
+    raise ValueError("make_pipeline: the input dataset is infinite; give it "
+                     "one epoch (the pipeline repeats it)")
+  if n < 0:
+    n = int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+  if n < 1:
+    raise ValueError("make_pipeline: the input dataset is empty")
+  return n
+
+
+def _indexed_stream(ds: tf.data.Dataset, *, shuffle_buffer: int, seed: int,
+                    repeat: bool, epoch_size: int | None,
+                    start: StreamPosition) -> tf.data.Dataset:
+  """(stream index int64, example) from ``start`` on: epoch after epoch
+  when ``repeat``, each shuffled by :func:`epoch_seed` when
+  ``shuffle_buffer > 1`` (module docstring, "Determinism and resuming")."""
+  if repeat:
+    if epoch_size is None:
+      epoch_size = count_examples(ds)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(epoch_size))
+  else:
+    epoch_size = 1 << 62  # one epoch: the stream index is the offset
+  first_epoch, first_offset = divmod(start.first_to_read, epoch_size)
+
+  def one_epoch(epoch):
+    d = ds
+    if shuffle_buffer > 1:
+      d = d.shuffle(shuffle_buffer, seed=epoch_seed(seed, epoch),
+                    reshuffle_each_iteration=False)
+    d = d.enumerate().map(lambda i, ex: (epoch * epoch_size + i, ex))
+    # Only the first epoch read starts inside: the skipped examples are read
+    # (as stored, before any decoding) but not processed.
+    return d.skip(tf.where(epoch == first_epoch, tf.constant(first_offset, tf.int64),
+                           tf.constant(0, tf.int64)))
+
+  last_epoch = (1 << 62) // epoch_size if repeat else 1
+  stream = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(one_epoch)
+  if start.pending:
+    # Examples between the first pending one and `next` that were already
+    # batched do not come again.
+    pending = tf.constant(start.pending, tf.int64)
+    stream = stream.filter(lambda i, _: (i >= start.next) | tf.reduce_any(
+        tf.equal(i, pending)))
+  return stream
 
 
 def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
                   batch_dims: Sequence[int], max_instances: int,
                   gt_mask_size: int, flip_prob: float = 0.5, seed: int = 0,
                   shuffle_buffer: int = 512, repeat: bool | None = None,
-                  skip_examples: int = 0,
+                  start: StreamPosition | None = None,
+                  epoch_size: int | None = None,
                   drop_remainder: bool = True, prefetch: int = 2,
                   cache: bool = False,
-                  num_parallel_calls: int | None = None) -> tf.data.Dataset:
+                  num_parallel_calls: int | None = None,
+                  num_keypoints: int = 0,
+                  keypoint_flip_map: Sequence[int] | None = None,
+                  shard: tuple[int, int] = (0, 1)
+                  ) -> tf.data.Dataset:
   """Examples -> batches of static shape with leading dims `batch_dims`.
 
   Args:
@@ -404,9 +546,10 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
     spec: the input rules (``InputSpec.from_config(config.data)``): short
       side(s) and ``max_size`` of the resize, the canvas or orientation
       buckets, mean/std (module docstring).
-    train: shuffle (``shuffle_buffer``, seeded), flip (``flip_prob``) and
-      draw the short side from ``spec.min_sizes`` per example; otherwise none
-      of these and the short side is ``spec.eval_min_size``.
+    train: shuffle (``shuffle_buffer``, seeded per epoch), flip
+      (``flip_prob``) and draw the short side from ``spec.min_sizes`` per
+      example; otherwise none of these and the short side is
+      ``spec.eval_min_size``.
     batch_dims: leading dims of every output, e.g. ``(devices, per_device)``;
       their product is the number of examples per batch.
     max_instances: N, ground truth per image after padding / dropping.
@@ -414,9 +557,12 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
     flip_prob: probability of a horizontal flip (training only).
     seed: seeds the shuffle, the flips and the scales.
     shuffle_buffer: examples in the shuffle buffer (training only).
-    repeat: repeat forever; defaults to `train`.
-    skip_examples: examples of the (shuffled, repeated) stream to skip, to
-      resume training where a checkpoint left off.
+    repeat: read epoch after epoch forever; defaults to `train`.
+    start: where to start the stream (default: its beginning), e.g. the
+      position a checkpoint saved, to resume training exactly.
+    epoch_size: examples in one pass of `ds` (with `repeat`); by default
+      its cardinality, or counted by reading it once. A pass of another
+      size is an error.
     drop_remainder: drop a final partial batch; if False it is filled with
       blank examples whose ``image_id`` is -1 (so every batch has the same
       shape) -- skip those when evaluating. With orientation buckets each
@@ -424,6 +570,12 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
     prefetch: batches to prefetch (0 for none).
     cache: cache the input examples in memory after the first pass.
     num_parallel_calls: parallelism of the per-example map (AUTOTUNE).
+    num_keypoints: K > 0 adds ``gt_keypoints`` (``objects/keypoints`` of
+      the input); ``keypoint_flip_map`` is then the left/right permutation.
+    shard: (index, count): read only every count-th stored example from
+      the index-th on (one process's share of the input, before the
+      shuffle; see :func:`shard_seed`). `epoch_size` stays the whole
+      split's; stream indices and `start` then count this shard's stream.
 
   Returns:
     A ``tf.data.Dataset`` of batch dicts (module docstring), deterministic
@@ -444,6 +596,10 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
                      f"{flip_prob}")
   if repeat is None:
     repeat = train
+  start = start or StreamPosition()
+  if start != StreamPosition() and not repeat:
+    raise ValueError("make_pipeline: a start position needs a repeated "
+                     "(training) stream")
   batch_size = int(np.prod(batch_dims))
   parallel = tf.data.AUTOTUNE if num_parallel_calls is None else (
       num_parallel_calls)
@@ -451,18 +607,20 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)
+  index, count = (int(x) for x in shard)
+  if not 0 <= index < count:
+    raise ValueError(f"make_pipeline: shard {shard} is not (index, count) with "
+                     "0 <= index < count")
+  if count > 1:
+    ds = ds.shard(count, index)
+    seed = shard_seed(seed, index)
+    if epoch_size is not None:
+      epoch_size = shard_size(epoch_size, index, count)
   if cache:
     ds = ds.cache()
-  if train and shuffle_buffer > 1:
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  if skip_examples:
-    # Resuming: the stream is deterministic for a seed, so dropping the
-    # examples already consumed (before any decoding work of ours) puts the
-    # pipeline back where it was; enumerate from there so flips match too.
-    ds = ds.skip(skip_examples)
-  ds = ds.enumerate(start=skip_examples)
+  ds = _indexed_stream(ds, shuffle_buffer=shuffle_buffer if train else 0,
+                      seed=seed, repeat=repeat, epoch_size=epoch_size,
+                      start=start)
   min_sizes = spec.min_sizes
   multi_scale = train and len(min_sizes) > 1
 
@@ -480,9 +638,11 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
       size = tf.gather(tf.constant(min_sizes, tf.int32), choice)
     else:
       size = min_sizes[-1] if train else spec.eval_min_size
-    return preprocess_example(
+    out = preprocess_example(
         example, spec=spec, flip=flip, min_size=size,
-        max_instances=max_instances, gt_mask_size=gt_mask_size)
+        max_instances=max_instances, gt_mask_size=gt_mask_size,
+        num_keypoints=num_keypoints, keypoint_flip_map=keypoint_flip_map)
+    return dict(out, stream_index=index)
 
   ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
   if not spec.bucketed:
@@ -505,7 +665,7 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
     def fill(batch):
       missing = batch_size - tf.shape(batch["image_id"])[0]
       filler = _padding_examples(missing, tf.shape(batch["image"])[1:3],
-                                 max_instances, gt_mask_size)
+                                 max_instances, gt_mask_size, num_keypoints)
       out = {}
       for key, value in batch.items():
         out[key] = tf.concat([value, filler[key]], axis=0)

@@ -3,6 +3,9 @@ section makes its part, and the parts are given to ``MaskRCNN``."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 from typing import Any, Mapping, Optional
 
 import jax
@@ -10,10 +13,11 @@ import jax.numpy as jnp
 
 from mrcnn_jax.model import config as model_config
 from mrcnn_jax.model.fpn import FPN
-from mrcnn_jax.model.heads import BoxHead, BoxPredictor, MaskHead
+from mrcnn_jax.model.heads import BoxPredictor
+from mrcnn_jax.model.keypoint_head import KeypointHead, KeypointRoIHead
 from mrcnn_jax.model.mask_rcnn import MaskRCNN
-from mrcnn_jax.model.resnet import ResNet
-from mrcnn_jax.model.roi_heads import BoxRoIHead, MaskRoIHead, Pooler, RoISampler
+from mrcnn_jax.model.resnet import ResNet, ResNetStage
+from mrcnn_jax.model.roi_heads import MASK_LOSSES, BoxRoIHead, MaskRoIHead, Pooler, RoISampler
 from mrcnn_jax.model.rpn import RPN
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -35,6 +39,17 @@ def _check_fields(where: str, given: Mapping, allowed) -> None:
   unknown = sorted(set(given) - set(allowed))
   if unknown:
     raise ValueError(f"{where} has unknown fields {unknown}; it accepts {sorted(allowed)}")
+
+
+def _check_choice(field: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"config.model.{field} must be one of {sorted(choices)}, got {value!r}")
+
+
+def _fields_of(cls, kwargs: Mapping) -> dict:
+  """The entries of ``kwargs`` that ``cls`` has fields for."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  return {k: v for k, v in kwargs.items() if k in names}
 
 
 def _take(section: Mapping, cls, only=None) -> dict:
@@ -93,28 +108,49 @@ def build_model(model_cfg: Mapping[str, Any], *, axis_name: Optional[str] = None
   common = dict(dtype=dtype, axis_name=axis_name)
 
   bb = cfg["backbone"]
-  if bb["name"] not in model_config.BACKBONES:
-    raise ValueError(f"config.model.backbone.name must be one of {model_config.BACKBONES}, "
-                     f"got {bb['name']!r}")
+  _check_choice("backbone.name", bb["name"], model_config.BACKBONES)
   backbone = ResNet(**_take(bb, ResNet), **common)
-  neck = FPN(**_take(cfg["fpn"], FPN), **common)
+  _check_choice("neck", cfg["neck"], model_config.NECKS)
+  neck_cls = model_config.NECKS[cfg["neck"]]
+  neck = FPN(**_take(cfg["fpn"], FPN), **common) if neck_cls is FPN else neck_cls()
   rpn = RPN(**_take(cfg["rpn"], RPN), dtype=dtype)
 
   rh = cfg["roi_heads"]
-  pooler = Pooler(**_take(rh, Pooler, model_config.POOLER_FIELDS))
+  pooler = Pooler(kind=rh["pooler"], **_take(rh, Pooler, model_config.POOLER_FIELDS))
   sampler = RoISampler(**_take(rh, RoISampler))
+  _check_choice("roi_heads.trunk", rh["trunk"], model_config.TRUNKS)
+  trunk = None
+  if rh["trunk"] == "res5":
+    if bb["num_stages"] != 3:
+      raise ValueError("config.model.roi_heads.trunk='res5' runs the backbone's res5 on each "
+                       "RoI, so the backbone must stop at C4: set config.model.backbone."
+                       f"num_stages=3 (got {bb['num_stages']})")
+    trunk = ResNetStage(stage=3, **_take(bb, ResNetStage), **common)
   box = rh["box"]
-  box_head = BoxRoIHead(head=BoxHead(**_take(box, BoxHead), **common),
+  _check_choice("roi_heads.box.head", box["head"], model_config.BOX_HEADS)
+  box_cls = model_config.BOX_HEADS[box["head"]]
+  box_head = BoxRoIHead(head=box_cls(**_take(box, box_cls), **_fields_of(box_cls, common)),
                         predictor=BoxPredictor(num_classes=num_classes, dtype=dtype),
-                        pooler=pooler, **_take(box, BoxRoIHead))
+                        pooler=pooler, trunk=trunk, **_take(box, BoxRoIHead))
   mask_head = None
   if cfg["mask_on"]:
     mask = rh["mask"]
-    mask_head = MaskRoIHead(head=MaskHead(num_classes=num_classes, **_take(mask, MaskHead),
-                                          **common),
-                            pooler=pooler, **_take(mask, MaskRoIHead))
+    _check_choice("roi_heads.mask.head", mask["head"], model_config.MASK_HEADS)
+    _check_choice("roi_heads.mask.loss", mask["loss"], MASK_LOSSES)
+    if mask["loss"] == "softmax" and mask["class_agnostic"]:
+      raise ValueError("config.model.roi_heads.mask.loss='softmax' needs a mask per class: "
+                       "it cannot be combined with roi_heads.mask.class_agnostic=True")
+    mask_cls = model_config.MASK_HEADS[mask["head"]]
+    mask_head = MaskRoIHead(
+        head=mask_cls(num_classes=num_classes, **_take(mask, mask_cls), **common),
+        pooler=pooler, trunk=trunk, **_take(mask, MaskRoIHead))
+  keypoint_head = None
+  if cfg["keypoint_on"]:
+    kp = rh["keypoint"]
+    keypoint_head = KeypointRoIHead(head=KeypointHead(**_take(kp, KeypointHead), **common),
+                                    pooler=pooler, **_take(kp, KeypointRoIHead))
   return MaskRCNN(backbone=backbone, neck=neck, rpn=rpn, roi_sampler=sampler,
-                  box_head=box_head, mask_head=mask_head)
+                  box_head=box_head, mask_head=mask_head, keypoint_head=keypoint_head)
 
 
 def init_params(model: MaskRCNN, rng, canvas_size=(64, 64), batch_size: int = 1):
@@ -123,7 +159,15 @@ def init_params(model: MaskRCNN, rng, canvas_size=(64, 64), batch_size: int = 1)
   small one is used."""
   images = jnp.zeros((batch_size,) + tuple(canvas_size) + (3,), jnp.float32)
   sizes = jnp.tile(jnp.asarray(canvas_size, jnp.int32)[None], (batch_size, 1))
-  return jax.jit(model.init)(rng, images, sizes)
+  return _jitted_init(model)(rng, images, sizes)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model: MaskRCNN):
+  """One jitted ``model.init`` per (hashable, equal-by-fields) model, so
+  initialising an equal model again in the process compiles nothing (a new
+  ``jax.jit(model.init)`` would: the bound method is a new object)."""
+  return jax.jit(model.init)
 
 
 def variables_template(model: MaskRCNN, canvas_size=(64, 64)):

@@ -2,13 +2,23 @@
 part itself (its dataclass fields), so a default is written exactly once:
 
   config.model
-    num_classes, dtype, mask_on
+    num_classes, dtype, mask_on, keypoint_on
+    neck        "fpn" (P2..P6) or "last" (the backbone's last map alone: the
+                paper's C4 / C5 models)
     backbone    name ("resnet") + ``resnet.ResNet``'s fields
     fpn         ``fpn.FPN``'s fields
     rpn         ``rpn.RPN``'s fields (anchors, proposals, targets)
-    roi_heads   ``RoISampler``'s and ``Pooler``'s fields (shared by the heads)
-      box       ``BoxRoIHead``'s and ``heads.BoxHead``'s fields
-      mask      ``MaskRoIHead``'s and ``heads.MaskHead``'s fields
+    roi_heads   ``RoISampler``'s and ``Pooler``'s fields (shared by the heads);
+                pooler ("align", "warp", "pool": ``Pooler.kind``); trunk
+                ("none", or "res5": the backbone's res5 run per RoI before
+                both heads, ``resnet.ResNetStage`` with the backbone's fields)
+      box       head ("fc": ``heads.BoxHead``, "avgpool": ``heads.AvgPoolBoxHead``)
+                + ``BoxRoIHead``'s and ``heads.BoxHead``'s fields
+      mask      head ("fcn": ``heads.MaskHead``, "mlp": ``heads.MaskMLPHead``)
+                + ``MaskRoIHead``'s (loss: "sigmoid" / "softmax") and the
+                heads' fields
+      keypoint  ``keypoint_head.KeypointRoIHead``'s and ``KeypointHead``'s
+                fields (used when ``keypoint_on``)
 
 The defaults are torchvision's ``maskrcnn_resnet50_fpn``; experiment
 configs change only what differs, and ``--config.model.backbone.depth=101``
@@ -22,20 +32,26 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from mrcnn_jax.model.fpn import FPN
-from mrcnn_jax.model.heads import BoxHead, MaskHead
-from mrcnn_jax.model.resnet import ResNet
+from mrcnn_jax.model.fpn import FPN, LastLevel
+from mrcnn_jax.model.heads import AvgPoolBoxHead, BoxHead, MaskHead, MaskMLPHead
+from mrcnn_jax.model.keypoint_head import KeypointHead, KeypointRoIHead
+from mrcnn_jax.model.resnet import ResNet, ResNetStage
 from mrcnn_jax.model.roi_heads import BoxRoIHead, MaskRoIHead, Pooler, RoISampler
 from mrcnn_jax.model.rpn import RPN
 
 # Fields set by the model as a whole, not per part (and per_image_nms, which
 # only mrcnn_jax.export sets).
 _NOT_CONFIG = ("parent", "name", "dtype", "axis_name", "num_classes", "head", "predictor",
-               "pooler", "per_image_nms")
+               "pooler", "trunk", "per_image_nms")
 POOLER_FIELDS = ("sampling_ratio", "aligned", "canonical_scale", "canonical_level")
 
 NUM_CLASSES = 91  # COCO's 90 category slots + background, as torchvision
 BACKBONES = ("resnet",)
+# The part choices: config name -> the part's class (None: no part).
+NECKS = {"fpn": FPN, "last": LastLevel}
+TRUNKS = {"none": None, "res5": ResNetStage}
+BOX_HEADS = {"fc": BoxHead, "avgpool": AvgPoolBoxHead}
+MASK_HEADS = {"fcn": MaskHead, "mlp": MaskMLPHead}
 
 
 def part_defaults(cls, only: Iterable[str] | None = None) -> dict[str, Any]:
@@ -63,12 +79,18 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.num_classes = NUM_CLASSES
   m.dtype = "float32"
   m.mask_on = True
+  m.keypoint_on = False
+  m.neck = "fpn"
   m.backbone = _section({"name": "resnet"}, part_defaults(ResNet))
   m.fpn = _section(part_defaults(FPN))
   m.rpn = _section(part_defaults(RPN))
-  m.roi_heads = _section(part_defaults(RoISampler), part_defaults(Pooler, POOLER_FIELDS))
-  m.roi_heads.box = _section(part_defaults(BoxRoIHead), part_defaults(BoxHead))
-  m.roi_heads.mask = _section(part_defaults(MaskRoIHead), part_defaults(MaskHead))
+  m.roi_heads = _section(part_defaults(RoISampler), part_defaults(Pooler, POOLER_FIELDS),
+                         {"pooler": part_defaults(Pooler, ("kind",))["kind"],
+                          "trunk": "none"})
+  m.roi_heads.box = _section({"head": "fc"}, part_defaults(BoxRoIHead), part_defaults(BoxHead))
+  m.roi_heads.mask = _section({"head": "fcn"}, part_defaults(MaskRoIHead),
+                              part_defaults(MaskHead), part_defaults(MaskMLPHead))
+  m.roi_heads.keypoint = _section(part_defaults(KeypointRoIHead), part_defaults(KeypointHead))
   return m
 
 

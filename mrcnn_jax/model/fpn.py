@@ -6,6 +6,9 @@ Shape shorthand: B images; input [C2..C5] with strides 4..32; output
 Lateral 1x1 convs (``inner_i``) and output 3x3 convs (``layer_i``), both
 with bias; top-down pathway by nearest-neighbour upsampling to the lateral's
 size; P6 = max-pool(P5, kernel 1, stride 2), i.e. every other pixel of P5.
+
+``LastLevel`` is the other neck (``config.model.neck = "last"``): no
+pyramid, the backbone's last map only.
 """
 
 from __future__ import annotations
@@ -46,3 +49,13 @@ class FPN(nn.Module):
       results.insert(0, block(last_inner, 3, f"layer_{i}"))
     results.append(results[-1][:, ::2, ::2, :])  # P6: max_pool(k=1, s=2)
     return results
+
+
+class LastLevel(nn.Module):
+  """The neck of the single-level models (ResNet-C4 / -C5 in the Mask R-CNN
+  paper): the backbone's last feature map alone, [C_last], for the RPN and
+  RoI pooling. No parameters."""
+
+  def __call__(self, features: Sequence, train: bool = False):
+    del train
+    return [features[-1]]

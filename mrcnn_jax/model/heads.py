@@ -1,6 +1,8 @@
-"""The RoI heads' learnable layers (box MLP, box predictor, FCN mask head);
-``roi_heads`` wraps them with pooling, targets and losses. Their field
-defaults are torchvision's and are read into ``config.model.roi_heads``.
+"""The RoI heads' learnable layers (box MLP, box predictor, FCN mask head,
+and the ablation variants: the C4 models' average-pooled box head, the
+paper's MLP mask head); ``roi_heads`` wraps them with pooling, targets and
+losses. Their field defaults are torchvision's and are read into
+``config.model.roi_heads``.
 
 Shape shorthand: B images, R RoIs per image, K classes including
 background, M mask size (2x the RoI size).
@@ -66,6 +68,17 @@ class BoxHead(nn.Module):
     return x.reshape(lead + (-1,))
 
 
+class AvgPoolBoxHead(nn.Module):
+  """The C4 models' box head after the shared res5 (``roi_heads.trunk =
+  "res5"``): the average over the RoI's h x w positions, [..., h, w, C] ->
+  [..., C], as Detectron2's ``Res5ROIHeads``. No parameters."""
+  dtype: Any = jnp.float32
+
+  def __call__(self, x, train: bool = False):
+    del train
+    return x.astype(self.dtype).mean(axis=(-3, -2))
+
+
 class BoxPredictor(nn.Module):
   """[B, R, F] -> class logits [B, R, K] and class-specific deltas [B, R, K, 4]."""
   num_classes: int
@@ -106,3 +119,34 @@ class MaskHead(nn.Module):
     # losses are ~log 2 instead of saturated sigmoids.
     x = Conv(out, 1, dtype=self.dtype, kernel_init=_normal0001, name="mask_fcn_logits")(x)
     return x.reshape(lead + x.shape[1:])
+
+
+class MaskMLPHead(nn.Module):
+  """The Mask R-CNN paper's MLP mask head (its Table 2e baseline): fcs on
+  the flattened pooled RoI features, then one fc to an M x M mask per class,
+  M = 2m as the FCN head's, so both predict the same resolution.
+
+  [..., m, m, C] -> mask logits [..., 2m, 2m, K] (K = 1 class-agnostic).
+  Unlike the FCN, every output pixel has its own weights on every input
+  position: no translation equivariance, m^2 C * fc_dims[0] + fc_dims[-1]
+  * 4m^2 K parameters.
+  """
+  num_classes: int
+  fc_dims: Sequence[int] = (1024, 1024)
+  class_agnostic: bool = False
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    lead, m = x.shape[:-3], x.shape[-3]
+    x = _flatten_rois(x, self.dtype)
+    x = x.reshape(x.shape[0], -1)
+    for i, dim in enumerate(self.fc_dims):
+      x = nn.relu(nn.Dense(dim, dtype=self.dtype, name=f"mask_fc{i + 1}")(x))
+    out = 1 if self.class_agnostic else self.num_classes
+    size = 2 * m
+    x = nn.Dense(size * size * out, dtype=self.dtype, kernel_init=_normal0001,
+                 name="mask_fc_logits")(x)
+    return x.reshape(lead + (size, size, out))

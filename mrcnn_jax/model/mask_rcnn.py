@@ -112,6 +112,23 @@ class MaskRCNN(nn.Module):
       detected class), plus ``proposals`` / ``proposals_valid`` [B, P, ...]
       and ``num_candidates`` [B] (see ``ops.postprocess.detect_boxes``).
     """
+    stages = self.inference_stages(images, image_sizes)
+    dets = stages["detections"]
+    dets["proposals"] = stages["proposals"]["boxes"]
+    dets["proposals_valid"] = stages["proposals"]["valid"]
+    return dets
+
+  def inference_stages(self, images, image_sizes):
+    """Inference with every stage's result kept (``__call__`` returns the
+    detections of it; under jit the rest costs nothing there). For looking
+    inside the model (``mrcnn_jax.stages``, the notebooks).
+
+    Returns a dict: ``features`` (list of [B, h_l, w_l, C]), ``rpn_objectness``
+    (list of [B, N_l] logits), ``rpn_deltas`` (list of [B, N_l, 4]),
+    ``anchors`` (list of [N_l, 4] xyxy), ``proposals`` (``boxes`` [B, P, 4],
+    ``scores``, ``valid``), ``class_logits`` [B, P, K], ``box_deltas``
+    [B, P, K, 4] and ``detections`` (as ``__call__``, without the proposals).
+    """
     check_inputs(images, image_sizes)
     canvas = tuple(images.shape[1:3])
     image_sizes = jnp.asarray(image_sizes, jnp.float32)
@@ -122,9 +139,10 @@ class MaskRCNN(nn.Module):
     dets = self.box_head.detect(class_logits, box_deltas, props, image_sizes)
     for head in self.instance_heads():
       dets.update(head.predict(feats, canvas, dets))
-    dets["proposals"] = props["boxes"]
-    dets["proposals_valid"] = props["valid"]
-    return dets
+    return {"features": list(feats), "rpn_objectness": objectness, "rpn_deltas": deltas,
+            "anchors": [jnp.asarray(a) for a in self.rpn.anchors(canvas, feats)],
+            "proposals": props, "class_logits": class_logits, "box_deltas": box_deltas,
+            "detections": dets}
 
   # ---- training --------------------------------------------------------------
 

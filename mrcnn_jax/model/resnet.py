@@ -83,14 +83,38 @@ class Bottleneck(nn.Module):
     return nn.relu(y + identity)
 
 
+def resnet_stage(x, stage: int, *, depth: int, norm, groups: int, width_per_group: int,
+                 width: int, dtype):
+  """Stage ``stage`` (0-based: 0 = torchvision's layer1 / C2, 3 = layer4 /
+  C5) of a ResNet on ``x`` [N, H, W, C]; its blocks are named
+  ``layer{stage + 1}_{i}`` in the calling (compact) module. The first block
+  of stages 1..3 halves the resolution."""
+  planes = width * 2 ** stage
+  for i in range(STAGE_BLOCKS[depth][stage]):
+    stride = 2 if (i == 0 and stage > 0) else 1
+    in_ch = x.shape[-1]
+    if depth < 50:
+      block = BasicBlock(planes, stride, downsample=(stride != 1 or in_ch != planes),
+                         norm=norm, dtype=dtype, name=f"layer{stage + 1}_{i}")
+    else:
+      block = Bottleneck(planes, stride, downsample=(stride != 1 or in_ch != planes * 4),
+                         norm=norm, groups=groups, width_per_group=width_per_group,
+                         dtype=dtype, name=f"layer{stage + 1}_{i}")
+    x = block(x)
+  return x
+
+
 class ResNet(nn.Module):
-  """Returns the list [C2, C3, C4, C5] of [B, H/s, W/s, C_s] features."""
+  """Returns the list [C2, .., C{num_stages + 1}] of [B, H/s, W/s, C_s]
+  features: [C2, C3, C4, C5] by default; ``num_stages=3`` stops at C4 (the
+  C4 models, whose res5 runs per RoI: ``ResNetStage``)."""
   depth: int = 50
   groups: int = 1
   width_per_group: int = 64
   norm: Optional[str] = "frozen_bn"
   freeze_at: int = 2
   width: int = 64  # channels of the stem and of layer1's 3x3 convs; 64 is standard
+  num_stages: int = 4
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
 
@@ -98,8 +122,9 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     if self.depth not in STAGE_BLOCKS:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}")
+    if self.num_stages not in (1, 2, 3, 4):
+      raise ValueError(f"config.model.backbone.num_stages must be 1..4, got {self.num_stages}")
     norm = make_norm(self.norm, train=train, dtype=self.dtype, axis_name=self.axis_name)
-    basic = self.depth < 50
     x = x.astype(self.dtype)
     x = conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
@@ -107,20 +132,10 @@ class ResNet(nn.Module):
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
     outputs = []
-    for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):
-      planes = self.width * 2 ** stage
-      for i in range(num_blocks):
-        stride = 2 if (i == 0 and stage > 0) else 1
-        in_ch = x.shape[-1]
-        if basic:
-          block = BasicBlock(planes, stride, downsample=(stride != 1 or in_ch != planes),
-                             norm=norm, dtype=self.dtype, name=f"layer{stage + 1}_{i}")
-        else:
-          block = Bottleneck(planes, stride, downsample=(stride != 1 or in_ch != planes * 4),
-                             norm=norm, groups=self.groups,
-                             width_per_group=self.width_per_group, dtype=self.dtype,
-                             name=f"layer{stage + 1}_{i}")
-        x = block(x)
+    for stage in range(self.num_stages):
+      x = resnet_stage(x, stage, depth=self.depth, norm=norm, groups=self.groups,
+                       width_per_group=self.width_per_group, width=self.width,
+                       dtype=self.dtype)
       if self.freeze_at >= stage + 2:
         x = jax.lax.stop_gradient(x)
       outputs.append(x)
@@ -139,3 +154,29 @@ class ResNet(nn.Module):
   def out_channels(depth: int) -> Sequence[int]:
     mult = 1 if depth < 50 else 4
     return tuple(64 * 2 ** s * mult for s in range(4))
+
+
+class ResNetStage(nn.Module):
+  """One ResNet stage run on pooled RoI features: the res5 head of the C4
+  models (Mask R-CNN's ResNet-C4, Detectron2's ``Res5ROIHeads``), shared by
+  the box and the mask branch. [..., h, w, C4] -> [..., h/2, w/2, C5]; the
+  leading axes are [B, R] or a packed [N]. Parameters ``layer4_{i}``, named
+  as the backbone's would be (ImageNet weights convert into them), always
+  trained (``freeze_at`` concerns the backbone)."""
+  depth: int = 50
+  groups: int = 1
+  width_per_group: int = 64
+  norm: Optional[str] = "frozen_bn"
+  width: int = 64
+  stage: int = 3  # 0-based; 3 = res5 (torchvision's layer4)
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    lead = x.shape[:-3]
+    norm = make_norm(self.norm, train=train, dtype=self.dtype, axis_name=self.axis_name)
+    x = x.reshape((-1,) + x.shape[-3:]).astype(self.dtype)
+    x = resnet_stage(x, self.stage, depth=self.depth, norm=norm, groups=self.groups,
+                     width_per_group=self.width_per_group, width=self.width, dtype=self.dtype)
+    return x.reshape(lead + x.shape[1:])

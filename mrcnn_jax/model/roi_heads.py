@@ -24,6 +24,7 @@ interface, which is all ``MaskRCNN`` calls:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -34,13 +35,30 @@ from mrcnn_jax.ops import losses as loss_ops
 from mrcnn_jax.ops import postprocess
 from mrcnn_jax.ops import targets as target_ops
 from mrcnn_jax.ops.roi_align import multilevel_roi_align
+from mrcnn_jax.ops.roi_pool import multilevel_roi_pool
+
+
+# The poolers ``Pooler.kind`` chooses from (config.model.roi_heads.pooler).
+POOLERS = {
+    "align": functools.partial(multilevel_roi_align, quantize=False),
+    # RoIWarp: the RoI quantized to the feature grid, then bilinear sampling.
+    "warp": functools.partial(multilevel_roi_align, quantize=True),
+    "pool": multilevel_roi_pool,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Pooler:
-  """Multi-level RoIAlign (torchvision's ``MultiScaleRoIAlign``) over
-  ``num_levels`` feature maps from pyramid level ``first_level`` on (P2..P5
-  of an FPN; P6 is for the RPN only)."""
+  """Multi-level RoI pooling over ``num_levels`` feature maps from pyramid
+  level ``first_level`` on (P2..P5 of an FPN; P6 is for the RPN only; a
+  single-level neck gives one map, which every RoI then uses).
+
+  ``kind``: ``"align"`` (RoIAlign, torchvision's ``MultiScaleRoIAlign``),
+  ``"warp"`` (RoIWarp: RoIAlign on the RoI rounded to the feature grid) or
+  ``"pool"`` (RoIPool: RoI and bins quantized, max; ``ops.roi_pool``, which
+  has no sampling points or half-pixel option).
+  """
+  kind: str = "align"
   sampling_ratio: int = 2
   aligned: bool = False
   canonical_scale: float = 224.0
@@ -48,12 +66,18 @@ class Pooler:
   first_level: int = 2
   num_levels: int = 4
 
+  def __post_init__(self):
+    if self.kind not in POOLERS:
+      raise ValueError(f"config.model.roi_heads.pooler must be one of {sorted(POOLERS)}, "
+                       f"got {self.kind!r}")
+
   def __call__(self, features, boxes, canvas_size, size: int, batch_index=None):
-    return multilevel_roi_align(
-        features[:self.num_levels], boxes, size, canvas_size=canvas_size,
-        batch_index=batch_index, first_level=self.first_level,
-        sampling_ratio=self.sampling_ratio, aligned=self.aligned,
-        canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
+    common = dict(canvas_size=canvas_size, batch_index=batch_index,
+                  first_level=self.first_level, canonical_scale=self.canonical_scale,
+                  canonical_level=self.canonical_level)
+    if self.kind != "pool":
+      common.update(sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+    return POOLERS[self.kind](features[:self.num_levels], boxes, size, **common)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +119,14 @@ class RoISampler:
 
 
 class BoxRoIHead(nn.Module):
-  """Box branch: pooled RoI features -> ``head`` (e.g. ``heads.BoxHead``, two
-  fcs) -> ``predictor`` (class logits [.., K], class-specific deltas
+  """Box branch: pooled RoI features -> ``trunk`` if any (the C4 models'
+  res5, shared with the mask branch) -> ``head`` (e.g. ``heads.BoxHead``,
+  two fcs) -> ``predictor`` (class logits [.., K], class-specific deltas
   [.., K, 4]); turns them into detections at inference."""
   head: nn.Module
   predictor: nn.Module
   pooler: Pooler = Pooler()
+  trunk: Optional[nn.Module] = None
   pool_size: int = 7
   bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)
   # detections
@@ -115,6 +141,8 @@ class BoxRoIHead(nn.Module):
   def __call__(self, features, rois, canvas_size, train: bool = False):
     """RoIs [B, R, 4] -> class logits [B, R, K], deltas [B, R, K, 4]."""
     x = self.pooler(features, rois, canvas_size, self.pool_size)
+    if self.trunk is not None:
+      x = self.trunk(x, train=train)
     return self.predictor(self.head(x, train=train))
 
   def detect(self, class_logits, deltas, proposals, image_sizes):
@@ -134,10 +162,20 @@ class BoxRoIHead(nn.Module):
     return {"loss_cls": cls, "loss_box": box}
 
 
+# The mask losses MaskRoIHead.loss chooses from (config.model.roi_heads.mask.loss).
+MASK_LOSSES = ("sigmoid", "softmax")
+
+
 class MaskRoIHead(nn.Module):
-  """Mask branch: pooled RoI features -> ``head`` (e.g. ``heads.MaskHead``,
-  the FCN) -> per-class mask logits [.., M, M, K] (K = 1 class-agnostic),
-  a per-pixel sigmoid of the detected / ground-truth class.
+  """Mask branch: pooled RoI features -> ``trunk`` if any (shared with the
+  box branch, which owns its parameters) -> ``head`` (e.g. ``heads.MaskHead``,
+  the FCN) -> per-class mask logits [.., M, M, K] (K = 1 class-agnostic).
+
+  ``loss``: ``"sigmoid"`` (the paper's: a per-pixel sigmoid of the
+  ground-truth / detected class's channel alone, so classes do not compete)
+  or ``"softmax"`` (its multinomial baseline: a per-pixel softmax over all K
+  channels, channel 0 being background; the mask is the detected class's
+  softmax probability).
 
   In training the head runs on the batch's positive RoIs packed together
   (``ops.targets.pack_positive_rois``) into ``rois_per_image`` slots per
@@ -147,14 +185,18 @@ class MaskRoIHead(nn.Module):
   """
   head: nn.Module
   pooler: Pooler = Pooler()
+  trunk: Optional[nn.Module] = None
   pool_size: int = 14
   rois_per_image: Optional[int] = None
+  loss: str = "sigmoid"
 
   def __call__(self, features, rois, canvas_size, batch_index=None, train: bool = False):
     """RoIs [B, R, 4] -> mask logits [B, R, M, M, K]; or packed RoIs [N, 4]
     of images ``batch_index`` [N] -> [N, M, M, K]."""
-    return self.head(self.pooler(features, rois, canvas_size, self.pool_size, batch_index),
-                     train=train)
+    x = self.pooler(features, rois, canvas_size, self.pool_size, batch_index)
+    if self.trunk is not None:
+      x = self.trunk(x, train=train)
+    return self.head(x, train=train)
 
   def num_slots(self, batch_size: int, positive_slots: int) -> int:
     """Mask RoIs per step on one device: each image's positive slots, or
@@ -166,12 +208,15 @@ class MaskRoIHead(nn.Module):
 
   def predict(self, features, canvas_size, detections) -> dict:
     logits = self(features, detections["boxes"], canvas_size)  # [B, D, M, M, K']
-    if logits.shape[-1] == 1:
+    if self.loss == "softmax":  # the detected class's share of each pixel
+      logits = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    if logits.shape[-1] == 1:  # class-agnostic
       chosen = logits[..., 0]
     else:
       chosen = jnp.take_along_axis(
           logits, detections["labels"][:, :, None, None, None], axis=-1)[..., 0]
-    return {"masks": jax.nn.sigmoid(chosen.astype(jnp.float32))}
+    chosen = chosen.astype(jnp.float32)
+    return {"masks": jnp.exp(chosen) if self.loss == "softmax" else jax.nn.sigmoid(chosen)}
 
   def train_outputs(self, features, canvas_size, targets, gt) -> dict:
     """The head on the batch's positive RoIs (``targets["positive_candidates"]``)
@@ -197,9 +242,9 @@ class MaskRoIHead(nn.Module):
         "num_mask_rois_left_out": cand.sum() - valid.sum(),
     }
 
-  @staticmethod
-  def losses(outputs, num_images: int) -> dict:
-    return {"loss_mask": loss_ops.mask_loss(
+  def losses(self, outputs, num_images: int) -> dict:
+    fn = loss_ops.mask_softmax_loss if self.loss == "softmax" else loss_ops.mask_loss
+    return {"loss_mask": fn(
         outputs["mask_logits"], outputs["mask_labels"], outputs["mask_targets"],
         outputs["mask_valid"], outputs["mask_batch_index"], num_images)}
 

@@ -67,6 +67,14 @@ def box_losses(class_logits, box_deltas, labels, target_deltas, is_pos, valid,
   return _per_image_mean(cls, count), _per_image_mean(box, count)
 
 
+def _mask_roi_mean(per_roi, valid, batch_index, num_images: int):
+  """Per-RoI mask losses [N] averaged over each image's valid RoIs, then
+  over the images (0 for an image with no positives)."""
+  pos = valid.astype(jnp.float32)
+  image_of = jax.nn.one_hot(batch_index, num_images, dtype=jnp.float32)  # [N, B]
+  return _per_image_mean((per_roi * pos) @ image_of, pos @ image_of)
+
+
 def mask_loss(mask_logits, labels, targets, valid, batch_index, num_images: int):
   """Per-pixel sigmoid BCE on the ground-truth class's channel only.
 
@@ -85,6 +93,23 @@ def mask_loss(mask_logits, labels, targets, valid, batch_index, num_images: int)
   else:
     chosen = jnp.take_along_axis(mask_logits, labels[:, None, None, None], axis=-1)[..., 0]
   per_roi = sigmoid_bce(chosen.astype(jnp.float32), targets).mean(axis=(1, 2))
-  pos = valid.astype(jnp.float32)
-  image_of = jax.nn.one_hot(batch_index, num_images, dtype=jnp.float32)  # [N, B]
-  return _per_image_mean((per_roi * pos) @ image_of, pos @ image_of)
+  return _mask_roi_mean(per_roi, valid, batch_index, num_images)
+
+
+def mask_softmax_loss(mask_logits, labels, targets, valid, batch_index, num_images: int):
+  """The paper's multinomial baseline (its Table 2b): a per-pixel softmax
+  over all K channels, channel 0 being background; a pixel's target class
+  is the RoI's ground-truth class where its mask target is 1, background
+  elsewhere. Every channel gets gradient, so classes compete for each pixel
+  (as in FCN semantic segmentation).
+
+  Args and normalisation as ``mask_loss``; mask_logits [N, M, M, K] with K
+  the number of classes including background (no class-agnostic form).
+  """
+  if mask_logits.shape[-1] < 2:
+    raise ValueError("mask_softmax_loss needs per-class mask logits (K >= 2 channels); a "
+                     "class-agnostic head has one")
+  logp = jax.nn.log_softmax(mask_logits.astype(jnp.float32), axis=-1)
+  fg = jnp.take_along_axis(logp, labels[:, None, None, None], axis=-1)[..., 0]
+  nll = -(targets * fg + (1.0 - targets) * logp[..., 0])
+  return _mask_roi_mean(nll.mean(axis=(1, 2)), valid, batch_index, num_images)

@@ -22,6 +22,32 @@ from mrcnn_jax.ops import boxes as box_ops
 from mrcnn_jax.ops.nms import batched_nms, nms, nms_per_image
 
 
+def level_candidates(logits, deltas, anchors, image_sizes, *, pre_nms_topk: int,
+                     min_size: float = 1e-3, score_threshold: float = 0.0):
+  """One level's proposal candidates before NMS: the ``pre_nms_topk``
+  anchors of highest objectness, decoded and clipped.
+
+  Args:
+    logits: [B, N_l] objectness logits; deltas: [B, N_l, 4]; anchors: [N_l, 4]
+    xyxy; image_sizes: [B, 2] true (h, w), float.
+
+  Returns:
+    (boxes [B, k, 4] xyxy, scores [B, k] sigmoid objectness, valid [B, k]),
+    k = min(pre_nms_topk, N_l), by descending score; no gradient.
+  """
+  logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+  deltas = jax.lax.stop_gradient(deltas.astype(jnp.float32))
+  k = min(pre_nms_topk, logits.shape[1])
+  top_logits, top_idx = jax.lax.top_k(logits, k)  # [B, k]
+  top_deltas = jnp.take_along_axis(deltas, top_idx[..., None], axis=1)
+  top_anchors = jnp.asarray(anchors)[top_idx]  # [B, k, 4]
+  boxes = box_ops.decode(top_deltas, top_anchors)
+  boxes = box_ops.clip(boxes, image_sizes[:, None, :])
+  scores = jax.nn.sigmoid(top_logits)
+  valid = box_ops.min_side_ok(boxes, min_size) & (scores >= score_threshold)
+  return boxes, scores, valid
+
+
 def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
                   anchors_per_level: Sequence, image_sizes, *, pre_nms_topk: int,
                   post_nms_topk: int, nms_threshold: float = 0.7,
@@ -46,17 +72,10 @@ def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
   all_boxes, all_scores, all_valid = [], [], []
   for logits, deltas, anchors in zip(objectness_per_level, deltas_per_level,
                                      anchors_per_level):
-    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
-    deltas = jax.lax.stop_gradient(deltas.astype(jnp.float32))
-    k = min(pre_nms_topk, logits.shape[1])
-    top_logits, top_idx = jax.lax.top_k(logits, k)  # [B, k]
-    top_deltas = jnp.take_along_axis(deltas, top_idx[..., None], axis=1)
-    top_anchors = jnp.asarray(anchors)[top_idx]  # [B, k, 4]
-    boxes = box_ops.decode(top_deltas, top_anchors)
-    boxes = box_ops.clip(boxes, image_sizes[:, None, :])
-    scores = jax.nn.sigmoid(top_logits)
-    valid = box_ops.min_side_ok(boxes, min_size) & (scores >= score_threshold)
-    keep_n = min(post_nms_topk, k)
+    boxes, scores, valid = level_candidates(logits, deltas, anchors, image_sizes,
+                                            pre_nms_topk=pre_nms_topk, min_size=min_size,
+                                            score_threshold=score_threshold)
+    keep_n = min(post_nms_topk, boxes.shape[1])
     if per_image_nms:
       idx, kvalid = nms_per_image(boxes, scores, nms_threshold, keep_n, valid)
     else:

@@ -1,4 +1,6 @@
-"""RoIAlign (He et al., 2017), single- and multi-level, as a vmap over RoIs.
+"""RoIAlign (He et al., 2017), single- and multi-level, as a vmap over RoIs;
+and RoIWarp, RoIAlign on the RoI rounded to the feature grid (the paper's
+ablation; RoIPool is ``ops.roi_pool``, which shares the multi-level layout).
 
 Shape shorthand: B images, R RoIs per image, L FPN levels, C channels,
 (h, w) the output size, (H, W) a feature map, S = sum_l H_l * W_l.
@@ -35,7 +37,7 @@ its level only, and RoIs of different images can be pooled together.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -80,8 +82,22 @@ def _axis_weights(coords, size):
           (1.0 - frac) * inside, frac * inside)
 
 
+def round_half_away(x):
+  """C's ``round``: halves go away from zero (``jnp.round`` rounds them to
+  even). Exact: ``x - trunc(x)`` is exact in floating point."""
+  t = jnp.trunc(x)
+  return t + jnp.where(jnp.abs(x - t) >= 0.5, jnp.sign(x), 0.0)
+
+
+def quantize_to_grid(boxes, spatial_scale):
+  """RoIPool's quantization of RoIs [..., 4] xyxy in input pixels: the
+  feature-grid corners ``round(x * spatial_scale)`` (float32, halves away
+  from zero, as torchvision's ``roi_pool`` computes them), in feature pixels."""
+  return round_half_away(jnp.asarray(boxes, jnp.float32) * spatial_scale)
+
+
 def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
-               out_w: int, sampling_ratio: int, aligned: bool):
+               out_w: int, sampling_ratio: int, aligned: bool, quantize: bool = False):
   """RoIAlign of one box on one (flattened) feature map.
 
   Args:
@@ -90,16 +106,17 @@ def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
     offset, height, width: scalars (may be traced) locating the map.
     box: [4] xyxy in input pixels.
     spatial_scale: scalar, feature pixels per input pixel.
+    quantize: RoIWarp: the box's feature coordinates are first rounded to
+      the grid (``quantize_to_grid``).
 
   Returns:
     [out_h, out_w, C] in ``flat.dtype``.
   """
-  box = box.astype(jnp.float32)
+  box = box.astype(jnp.float32) * spatial_scale
+  if quantize:
+    box = round_half_away(box)
   shift = 0.5 if aligned else 0.0
-  x1 = box[0] * spatial_scale - shift
-  y1 = box[1] * spatial_scale - shift
-  x2 = box[2] * spatial_scale - shift
-  y2 = box[3] * spatial_scale - shift
+  x1, y1, x2, y2 = (box[i] - shift for i in range(4))
   roi_w = x2 - x1
   roi_h = y2 - y1
   if not aligned:
@@ -129,6 +146,17 @@ def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
   return jnp.einsum("hwkc,hwk->hwc", gathered, w).astype(flat.dtype)
 
 
+def single_map_inputs(op: str, features, boxes):
+  """``features`` [H, W, C] and ``boxes`` [R, 4] as arrays, or a clear error."""
+  features = jnp.asarray(features)
+  boxes = jnp.asarray(boxes)
+  if features.ndim != 3:
+    raise ValueError(f"{op}: features must be [H, W, C], got shape {features.shape}")
+  if boxes.ndim != 2 or boxes.shape[-1] != 4:
+    raise ValueError(f"{op}: boxes must be [R, 4] xyxy, got shape {boxes.shape}")
+  return features, boxes
+
+
 def _check_sampling_ratio(sampling_ratio):
   if not isinstance(sampling_ratio, int) or sampling_ratio < 1:
     raise ValueError(
@@ -137,7 +165,7 @@ def _check_sampling_ratio(sampling_ratio):
 
 
 def roi_align(features, boxes, output_size, *, spatial_scale: float = 1.0,
-              sampling_ratio: int = 2, aligned: bool = False):
+              sampling_ratio: int = 2, aligned: bool = False, quantize: bool = False):
   """RoIAlign on one image's feature map.
 
   Args:
@@ -148,24 +176,32 @@ def roi_align(features, boxes, output_size, *, spatial_scale: float = 1.0,
     spatial_scale: feature pixels per input pixel (1/stride).
     sampling_ratio: samples per bin along each axis (>= 1).
     aligned: Detectron2's half-pixel-corrected variant (see module doc).
+    quantize: round the RoI to the feature grid first (``roi_warp``).
 
   Returns:
     [R, h, w, C], same values as ``torchvision.ops.roi_align`` on the NCHW
     transpose. Differentiable in ``features``.
   """
-  features = jnp.asarray(features)
-  boxes = jnp.asarray(boxes)
-  if features.ndim != 3:
-    raise ValueError(f"roi_align: features must be [H, W, C], got shape {features.shape}")
-  if boxes.ndim != 2 or boxes.shape[-1] != 4:
-    raise ValueError(f"roi_align: boxes must be [R, 4] xyxy, got shape {boxes.shape}")
+  features, boxes = single_map_inputs("roi_align", features, boxes)
   _check_sampling_ratio(sampling_ratio)
   out_h, out_w = _pair(output_size)
   h, w, c = features.shape
   flat = features.reshape(h * w, c)
   fn = lambda b: _align_one(flat, 0, h, w, b, spatial_scale, out_h, out_w,
-                            sampling_ratio, aligned)
+                            sampling_ratio, aligned, quantize)
   return jax.vmap(fn)(boxes)
+
+
+def roi_warp(features, boxes, output_size, *, spatial_scale: float = 1.0,
+             sampling_ratio: int = 2, aligned: bool = False):
+  """RoIWarp (Dai et al., 2016, as the Mask R-CNN paper's ablation uses it):
+  the RoI is quantized to the feature grid as RoIPool quantizes it
+  (``quantize_to_grid``), then sampled bilinearly as RoIAlign samples it.
+  Exactly ``roi_align`` on the boxes ``quantize_to_grid(boxes, s) / s``;
+  arguments and result as ``roi_align``. The bins are not quantized (only
+  the RoI is), which is why the paper finds it barely better than RoIPool."""
+  return roi_align(features, boxes, output_size, spatial_scale=spatial_scale,
+                   sampling_ratio=sampling_ratio, aligned=aligned, quantize=True)
 
 
 def assign_levels(boxes, min_level: int = 2, max_level: int = 5,
@@ -189,29 +225,32 @@ def level_scales(canvas_size: tuple[int, int], grid_sizes: Sequence[tuple[int, i
   return [2.0 ** round(math.log2(g[0] / canvas_size[0])) for g in grid_sizes]
 
 
-def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
-                         canvas_size: tuple[int, int], batch_index=None, first_level: int = 2,
-                         sampling_ratio: int = 2, aligned: bool = False,
-                         canonical_scale: float = 224.0,
-                         canonical_level: int = 4):
-  """FPN RoIAlign over a batch of images: each RoI is pooled from its own level.
+class MultiLevelLayout(NamedTuple):
+  """Every level of every image as one [B * S, C] map, and where each RoI
+  reads: RoI n of image ``batch_index[n]`` on level ``levels[n]`` reads the
+  rows from ``batch_index[n] * per_image + offsets[levels[n]]`` on, a map of
+  ``heights[l] x widths[l]`` at ``scales[l]`` feature pixels per input pixel.
+  ``boxes`` [N, 4] are the RoIs flattened, ``lead`` the leading shape of the
+  output ([B, R] or [N])."""
+  flat: jax.Array
+  per_image: int
+  grid_sizes: tuple
+  offsets: jax.Array
+  heights: jax.Array
+  widths: jax.Array
+  scales: jax.Array
+  boxes: jax.Array
+  batch_index: jax.Array
+  levels: jax.Array
+  lead: tuple
 
-  Args:
-    features_per_level: L arrays [B, H_l, W_l, C], finest first; level l of
-      the list is pyramid level ``first_level + l``.
-    boxes: [B, R, 4] xyxy in input pixels of the padded canvas, R RoIs of
-      each image; or, with ``batch_index``, [N, 4] RoIs of any images.
-    output_size: int or (h, w).
-    canvas_size: (H, W) of the padded network input, used to infer the scales.
-    batch_index: None, or [N] int32, the image each of the N RoIs belongs to
-      (RoIs packed from several images, e.g. the mask head's positives).
 
-  Returns:
-    [B, R, h, w, C], or [N, h, w, C] with ``batch_index``.
-  """
-  _check_sampling_ratio(sampling_ratio)
-  out_h, out_w = _pair(output_size)
-  grid_sizes = [tuple(f.shape[1:3]) for f in features_per_level]
+def multilevel_layout(features_per_level: Sequence, boxes, *, canvas_size: tuple[int, int],
+                      batch_index=None, first_level: int = 2, canonical_scale: float = 224.0,
+                      canonical_level: int = 4) -> MultiLevelLayout:
+  """The shared set-up of the multi-level poolers (RoIAlign, RoIWarp,
+  RoIPool): arguments as ``multilevel_roi_align``."""
+  grid_sizes = tuple(tuple(f.shape[1:3]) for f in features_per_level)
   scales = level_scales(canvas_size, grid_sizes)
   num_levels = len(features_per_level)
   b, c = features_per_level[0].shape[0], features_per_level[0].shape[-1]
@@ -225,29 +264,62 @@ def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
   for g in grid_sizes:
     offsets.append(acc)
     acc += g[0] * g[1]
-  offsets = jnp.asarray(offsets, jnp.int32)
-  heights = jnp.asarray([g[0] for g in grid_sizes], jnp.int32)
-  widths = jnp.asarray([g[1] for g in grid_sizes], jnp.int32)
-  scales_arr = jnp.asarray(scales, jnp.float32)
 
   if batch_index is None:
     if boxes.ndim != 3 or boxes.shape[0] != b:
       raise ValueError(f"boxes must be [B={b}, R, 4] without batch_index, got {boxes.shape}")
-    lead = boxes.shape[:2]
+    lead = tuple(boxes.shape[:2])
     batch_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), boxes.shape[1])
     boxes = boxes.reshape(-1, 4)
   else:
     if boxes.ndim != 2 or batch_index.shape != boxes.shape[:1]:
       raise ValueError(f"with batch_index [N], boxes must be [N, 4]; got boxes "
                        f"{boxes.shape}, batch_index {batch_index.shape}")
-    lead = boxes.shape[:1]
+    lead = tuple(boxes.shape[:1])
   levels = assign_levels(jax.lax.stop_gradient(boxes), first_level,
                          first_level + num_levels - 1, canonical_scale,
                          canonical_level) - first_level  # [N]
+  return MultiLevelLayout(
+      flat=flat, per_image=per_image, grid_sizes=grid_sizes,
+      offsets=jnp.asarray(offsets, jnp.int32),
+      heights=jnp.asarray([g[0] for g in grid_sizes], jnp.int32),
+      widths=jnp.asarray([g[1] for g in grid_sizes], jnp.int32),
+      scales=jnp.asarray(scales, jnp.float32), boxes=boxes,
+      batch_index=batch_index.astype(jnp.int32), levels=levels, lead=lead)
+
+
+def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
+                         canvas_size: tuple[int, int], batch_index=None, first_level: int = 2,
+                         sampling_ratio: int = 2, aligned: bool = False,
+                         canonical_scale: float = 224.0,
+                         canonical_level: int = 4, quantize: bool = False):
+  """FPN RoIAlign over a batch of images: each RoI is pooled from its own level.
+
+  Args:
+    features_per_level: L arrays [B, H_l, W_l, C], finest first; level l of
+      the list is pyramid level ``first_level + l``.
+    boxes: [B, R, 4] xyxy in input pixels of the padded canvas, R RoIs of
+      each image; or, with ``batch_index``, [N, 4] RoIs of any images.
+    output_size: int or (h, w).
+    canvas_size: (H, W) of the padded network input, used to infer the scales.
+    batch_index: None, or [N] int32, the image each of the N RoIs belongs to
+      (RoIs packed from several images, e.g. the mask head's positives).
+    quantize: RoIWarp (see ``roi_warp``): each RoI is first rounded to its
+      level's feature grid.
+
+  Returns:
+    [B, R, h, w, C], or [N, h, w, C] with ``batch_index``.
+  """
+  _check_sampling_ratio(sampling_ratio)
+  out_h, out_w = _pair(output_size)
+  lay = multilevel_layout(features_per_level, boxes, canvas_size=canvas_size,
+                          batch_index=batch_index, first_level=first_level,
+                          canonical_scale=canonical_scale, canonical_level=canonical_level)
 
   def one_roi(box, lvl, img):
-    return _align_one(flat, img * per_image + offsets[lvl], heights[lvl], widths[lvl], box,
-                      scales_arr[lvl], out_h, out_w, sampling_ratio, aligned)
+    return _align_one(lay.flat, img * lay.per_image + lay.offsets[lvl], lay.heights[lvl],
+                      lay.widths[lvl], box, lay.scales[lvl], out_h, out_w, sampling_ratio,
+                      aligned, quantize)
 
-  out = jax.vmap(one_roi)(boxes, levels, batch_index.astype(jnp.int32))
-  return out.reshape(lead + out.shape[1:])
+  out = jax.vmap(one_roi)(lay.boxes, lay.levels, lay.batch_index)
+  return out.reshape(lay.lead + out.shape[1:])
