@@ -209,6 +209,13 @@ def export_savedmodel(serve, batch: int, canvas, path: str,
 # flattened so that no custom derivative hides inside one.
 _INLINE = {"custom_vjp_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
            "jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr"}
+# Primitives that only matter to differentiation, replayed as their input:
+# stop_gradient (the RPN's proposals, frozen backbone stages) would otherwise
+# reach jax2onnx 0.17's Identity plugin, which names its output like the
+# placeholder it made for it; in the R50-FPN graph onnxruntime then refused
+# the model ("Node input 'stop_out_0' is not a graph input, initializer, or
+# output of a previous node").
+_PASS_THROUGH = ("stop_gradient",)
 
 
 def _eval_forward(jaxpr, consts, *args):
@@ -233,6 +240,8 @@ def _eval_forward(jaxpr, consts, *args):
         raise RuntimeError(f"{name} has no closed jaxpr {_INLINE[name]!r} in JAX "
                            f"{jax.__version__}; mrcnn_jax.export._INLINE needs updating")
       outs = _eval_forward(inner.jaxpr, inner.consts, *invals)
+    elif name in _PASS_THROUGH:
+      outs = invals
     else:
       outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
       outs = outs if eqn.primitive.multiple_results else [outs]
