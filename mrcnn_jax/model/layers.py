@@ -48,14 +48,24 @@ class FrozenBatchNorm(nn.Module):
 
 class GroupNorm(nn.Module):
   """GroupNorm with ``gcd(num_groups, C)`` groups, so narrow test-sized
-  models work with the usual 32 (Detectron2's default)."""
+  models work with the usual 32 (Detectron2's default).
+
+  The variance is the two-pass mean((x - mean)^2), not Flax's default
+  E[x^2] - E[x]^2: the one-pass form cancels catastrophically in float32
+  where a group's mean is large against its spread, which amplifies the
+  rounding of the reductions' summation order. Any other runtime sums in
+  another order: the shapes model's ONNX export (onnxruntime) gave scores
+  up to 2.0e-4 away from XLA's with the one-pass form and 6.4e-5 with this
+  one (scripts/check_export.py, 2026-11-30). PyTorch's GroupNorm is
+  two-pass (Welford) as well."""
   num_groups: int = 32
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     groups = math.gcd(self.num_groups, x.shape[-1])
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype, name="gn")(x)
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype, name="gn",
+                        use_fast_variance=False)(x)
 
 
 def make_norm(kind: Optional[str], *, train: bool = False, dtype: Dtype = jnp.float32,
