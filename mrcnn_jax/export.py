@@ -242,6 +242,13 @@ def _eval_forward(jaxpr, consts, *args):
       outs = _eval_forward(inner.jaxpr, inner.consts, *invals)
     elif name in _PASS_THROUGH:
       outs = invals
+    elif name == "gather" and invals[0].dtype == jnp.bool_:
+      # jax2onnx writes a gather in JAX's default "fill" mode as Gather + Where,
+      # and onnxruntime has no Where kernel for bool: gather the mask as
+      # uint8 (an out-of-range index fills 255 -> True, as it fills True for
+      # bool) and compare back.
+      params = eqn.primitive.get_bind_params(eqn.params)
+      outs = [eqn.primitive.bind(invals[0].astype(jnp.uint8), *invals[1:], **params) != 0]
     else:
       outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
       outs = outs if eqn.primitive.multiple_results else [outs]
@@ -274,8 +281,12 @@ def export_onnx(serve, batch: int, canvas, path: str, output_names: Sequence[str
   """
   from jax2onnx import to_onnx  # the export extra (check_arguments says so when missing)
   names = list(output_names)
-  closed = jax.make_jaxpr(lambda images, sizes: [serve(images, sizes)[k] for k in names])(
-      *_spec_args(batch, canvas))
+
+  def outputs_in_order(images, sizes):
+    out = serve(images, sizes)  # once: each call traces the whole model again
+    return [out[k] for k in names]
+
+  closed = jax.make_jaxpr(outputs_in_order)(*_spec_args(batch, canvas))
 
   def replay(images, image_sizes):
     return tuple(_eval_forward(closed.jaxpr, closed.consts, images, image_sizes))
@@ -284,6 +295,14 @@ def export_onnx(serve, batch: int, canvas, path: str, output_names: Sequence[str
     to_onnx(replay, inputs=list(_spec_args(batch, canvas)), model_name="mrcnn_jax",
             input_names=list(INPUTS), output_names=names, return_mode="file",
             output_path=path)
+  # jax2onnx writes large constants to a side file (path + ".data", readable
+  # by its owner only). The weights of these models are far below protobuf's
+  # 2 GiB limit, so keep the artifact one self-contained file.
+  import onnx
+  model = onnx.load(path)  # with the side file's tensors
+  onnx.save_model(model, path, save_as_external_data=False)
+  if os.path.exists(path + ".data"):
+    os.remove(path + ".data")
 
 
 def _in_graph(value, graph) -> bool:
