@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 from typing import Any, Mapping, Sequence
@@ -291,7 +292,7 @@ def export_onnx(serve, batch: int, canvas, path: str, output_names: Sequence[str
   def replay(images, image_sizes):
     return tuple(_eval_forward(closed.jaxpr, closed.consts, images, image_sizes))
 
-  with _jax2onnx_speedups():
+  with _jax2onnx_speedups(), _quiet_loggers("jax2onnx", "onnx_ir"):
     to_onnx(replay, inputs=list(_spec_args(batch, canvas)), model_name="mrcnn_jax",
             input_names=list(INPUTS), output_names=names, return_mode="file",
             output_path=path)
@@ -406,6 +407,23 @@ _JAX2ONNX_SPEEDUPS = (
     ("jax2onnx.plugins.jax.lax.broadcast_in_dim", "_materialize_constant_array",
      _fast_materialize_constant_array),
 )
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names):
+  """Errors only from these loggers for a while: jax2onnx logs its settings
+  and plugin discovery at INFO, and onnx_ir a warning for every
+  intermediate value it writes without a dtype (thousands for R50-FPN),
+  none of which a user can act on."""
+  loggers = [logging.getLogger(n) for n in names]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
 
 
 @contextlib.contextmanager
