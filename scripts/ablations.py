@@ -326,7 +326,10 @@ def write_report(out: str, groups, seeds, quick: bool = False) -> str:
         f"{first['num_validation']} validation images with pycocotools. Figures are the mean ± sample standard deviation over the "
         "seeds (n per row). Train time is the wall time of the training run (compilation "
         "and input pipeline included); inference is the median of jitted calls on one "
-        "image (compilation excluded). The paper's COCO figures (ResNet-50; mask AP / "
+        "image (compilation excluded). Both are wall times on a 2-core machine that "
+        "other jobs may have shared while a run trained, so compare them only loosely; "
+        "the mask branch's cost is measured on its own (R50-FPN, below the mask_branch "
+        "table). The paper's COCO figures (ResNet-50; mask AP / "
         "AP50 / AP75; box AP) are beside them for the ordering, not for the values.",
         "",
         "Made by:",
