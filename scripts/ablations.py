@@ -148,7 +148,10 @@ def git_commit() -> str:
   try:
     out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=True,
                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+    # Changes to the results themselves (this script's own report) do not
+    # change what a run computes.
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no",
+                            "--", ".", ":(exclude)experiments/results"],
                            check=True, capture_output=True, text=True).stdout.strip()
     return out + ("+changes" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
