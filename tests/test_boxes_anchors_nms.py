@@ -9,7 +9,7 @@ import pytest
 from mrcnn_jax.ops import anchors as anchor_ops
 from mrcnn_jax.ops import boxes as box_ops
 from mrcnn_jax.ops.masks import paste_masks
-from mrcnn_jax.ops.nms import batched_nms, nms, nms_per_image
+from mrcnn_jax.ops.nms import batched_nms, nms, nms_batch
 
 
 def test_format_round_trips():
@@ -139,7 +139,8 @@ def test_nms_max_output_and_valid_mask(kw):
   assert not bool(out_valid.any())
 
 
-def test_nms_per_image_is_nms_of_each_image():
+@pytest.mark.parametrize("per_image", [False, True])
+def test_nms_batch_is_nms_of_each_image(per_image):
   rng = np.random.default_rng(4)
   ctr = rng.uniform(0, 100, (3, 40, 2))
   boxes = np.concatenate([ctr - 8, ctr + 8], -1).astype(np.float32)
@@ -147,7 +148,8 @@ def test_nms_per_image_is_nms_of_each_image():
   valid = rng.uniform(0, 1, (3, 40)) > 0.2
   classes = rng.integers(1, 4, (3, 40)).astype(np.int32)
   for cls in (None, classes):
-    idx, out_valid = jax.jit(lambda b, s, v, c: nms_per_image(b, s, 0.5, 12, v, classes=c))(
+    idx, out_valid = jax.jit(lambda b, s, v, c: nms_batch(b, s, 0.5, 12, v, classes=c,
+                                                          per_image=per_image))(
         boxes, scores, valid, cls)
     for i in range(3):
       ref = nms(jnp.asarray(boxes[i]), jnp.asarray(scores[i]), 0.5, 12,

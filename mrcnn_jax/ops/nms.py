@@ -210,3 +210,14 @@ def nms_per_image(boxes, scores, iou_threshold: float, max_output: int, valid,
           for i in range(boxes.shape[0])]
   return jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
 
+
+def nms_batch(boxes, scores, iou_threshold: float, max_output: int, valid, classes=None, *,
+              per_image: bool = False):
+  """``nms`` over a batch: boxes [B, N, 4] xyxy, scores, valid (and
+  optionally classes) [B, N] -> (indices [B, K], valid [B, K]). One
+  ``vmap``ped loop for the batch (training, evaluation, predict), or with
+  ``per_image`` one loop per image (``nms_per_image``: the ONNX export)."""
+  if per_image:
+    return nms_per_image(boxes, scores, iou_threshold, max_output, valid, classes=classes)
+  return jax.vmap(lambda b, s, v, c: nms(b, s, iou_threshold, max_output, valid=v, classes=c))(
+      boxes, scores, valid, classes)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mrcnn_jax.ops import boxes as box_ops
-from mrcnn_jax.ops.nms import batched_nms, nms, nms_per_image
+from mrcnn_jax.ops.nms import nms_batch
 
 
 def level_candidates(logits, deltas, anchors, image_sizes, *, pre_nms_topk: int,
@@ -76,11 +76,8 @@ def rpn_proposals(objectness_per_level: Sequence, deltas_per_level: Sequence,
                                             pre_nms_topk=pre_nms_topk, min_size=min_size,
                                             score_threshold=score_threshold)
     keep_n = min(post_nms_topk, boxes.shape[1])
-    if per_image_nms:
-      idx, kvalid = nms_per_image(boxes, scores, nms_threshold, keep_n, valid)
-    else:
-      idx, kvalid = jax.vmap(lambda b, s, v: nms(b, s, nms_threshold, keep_n, valid=v))(
-          boxes, scores, valid)
+    idx, kvalid = nms_batch(boxes, scores, nms_threshold, keep_n, valid,
+                            per_image=per_image_nms)
     all_boxes.append(jnp.take_along_axis(boxes, idx[..., None], axis=1))
     all_scores.append(jnp.take_along_axis(scores, idx, axis=1))
     all_valid.append(kvalid)
@@ -153,13 +150,8 @@ def detect_boxes(class_logits, box_deltas, proposals, proposals_valid, image_siz
   cscores = jnp.take_along_axis(scores, cand, axis=1)
   clabels = jnp.take_along_axis(labels, cand, axis=1)
   cvalid = jnp.take_along_axis(valid, cand, axis=1)
-  if per_image_nms:
-    idx, dvalid = nms_per_image(cboxes, cscores, nms_threshold, detections_per_image, cvalid,
-                                classes=clabels)
-  else:
-    idx, dvalid = jax.vmap(
-        lambda bb, s, c, v: batched_nms(bb, s, c, nms_threshold, detections_per_image, valid=v)
-    )(cboxes, cscores, clabels, cvalid)
+  idx, dvalid = nms_batch(cboxes, cscores, nms_threshold, detections_per_image, cvalid,
+                          classes=clabels, per_image=per_image_nms)
   d_boxes = jnp.take_along_axis(cboxes, idx[..., None], axis=1)
   return {
       "boxes": jnp.where(dvalid[..., None], d_boxes, 0.0),
