@@ -11,6 +11,7 @@ and ``ablations.png`` (bar charts) into --out.
   python scripts/ablations.py --only mask_loss,mask_head --seeds 0,1,2
   python scripts/ablations.py --report                 # tables + figure from the runs so far
   python scripts/ablations.py --r50-timing             # mask-branch cost, R50-FPN 800x1344
+  python scripts/ablations.py --softmax-readout        # softmax masks read as 1 - p(bg)
   python scripts/ablations.py --quick --out /tmp/q --workdir /tmp/qw   # CI-sized, minutes
 
 Groups (configs in experiments/ablations/, each importing ablation_base):
@@ -262,6 +263,68 @@ def r50_timing(args) -> dict:
 
 
 # ============================================================================
+# Softmax masks read two ways: the detected class's share, or all classes'
+# ============================================================================
+
+SOFTMAX_READOUT_FILE = "softmax_readout.json"
+
+
+def softmax_readout(args) -> dict:
+  """Evaluates the finished ``mask_loss_softmax`` runs again, their trained
+  checkpoints (in --workdir) read as ``softmax_readout="foreground"`` (mask
+  = 1 - p(background)) instead of the detected class's probability: the
+  mask AP a softmax head reaches when its classes need not split a pixel.
+  Writes softmax_readout.json into --out (the report shows it under the
+  mask_loss table)."""
+  from mrcnn_jax import evaluate
+  name = "mask_loss_softmax"
+  chash = config_hash(load_variant(name, args.quick))
+  runs = load_runs(args.out)
+  out = {"variant": name, "config_hash": chash, "machine": machine(), "commit": git_commit(),
+         "date": datetime.date.today().isoformat(),
+         "command": "python scripts/ablations.py --softmax-readout" + (
+             " --quick" if args.quick else ""), "seeds": {}}
+  for seed in args.seeds:
+    rec = runs.get((chash, seed))
+    workdir = os.path.join(args.workdir, f"{name}_seed{seed}")
+    ckpt = os.path.join(workdir, "checkpoints", str(rec["steps"])) if rec else None
+    if rec is None or not os.path.isdir(ckpt):
+      raise SystemExit(
+          f"ablations: --softmax-readout needs the finished {name} run of seed {seed}: "
+          + (f"no record in {os.path.join(args.out, 'runs')}" if rec is None else
+             f"its checkpoint {ckpt} is gone (run it again with --only mask_loss "
+             f"--variants {name} --force --workdir {args.workdir})"))
+    config = load_variant(name, args.quick, args.data_dir)
+    config.seed = seed
+    config.num_sample_images = 0
+    config.model.roi_heads.mask.softmax_readout = "foreground"
+    m = evaluate.evaluate_workdir(config, workdir)
+    keys = ("segm/AP", "segm/AP75", "bbox/AP")
+    out["seeds"][str(seed)] = {"class": {k: rec["metrics"].get(k) for k in keys},
+                               "foreground": {k: m.get(k) for k in keys}}
+    print(f"[ablations] {name} seed {seed}: mask AP {rec['metrics'].get('segm/AP'):.1f} "
+          f"(detected class) -> {m.get('segm/AP'):.1f} (1 - p(background))", flush=True)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, SOFTMAX_READOUT_FILE), "w") as f:
+    json.dump(out, f, indent=1)
+  return out
+
+
+def softmax_readout_lines(out: str) -> list[str]:
+  path = os.path.join(out, SOFTMAX_READOUT_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    t = json.load(f)
+  cls = summarize([v["class"]["segm/AP"] for v in t["seeds"].values()])
+  fg = summarize([v["foreground"]["segm/AP"] for v in t["seeds"].values()])
+  return [f"The softmax runs' masks read as 1 - p(background) instead of the detected "
+          f"class's probability (same checkpoints, seeds {', '.join(t['seeds'])}): mask AP "
+          f"{fmt(*cls[:2])} -> {fmt(*fg[:2])} (`{t['command']}`, {t['machine']}, "
+          f"{t['date']}, commit {t['commit']}).", ""]
+
+
+# ============================================================================
 # Report: ablations.md and ablations.png
 # ============================================================================
 
@@ -355,6 +418,8 @@ def write_report(out: str, groups, seeds, quick: bool = False) -> str:
                 paper_cell(row["variant"])]
       lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if g == "mask_loss":
+      lines += softmax_readout_lines(out)
   r50 = os.path.join(out, "mask_branch_r50.json")
   if "mask_branch" in groups and os.path.exists(r50):
     with open(r50) as f:
@@ -429,6 +494,9 @@ def parse_args(argv):
   p.add_argument("--report", action="store_true", help="only rebuild ablations.md / .png")
   p.add_argument("--r50-timing", action="store_true",
                  help="only time R50-FPN inference with and without the mask branch")
+  p.add_argument("--softmax-readout", action="store_true",
+                 help="only evaluate the finished mask_loss_softmax runs (checkpoints in "
+                      "--workdir) with masks read as 1 - p(background)")
   p.add_argument("--force", action="store_true", help="retrain runs that are already done")
   args = p.parse_args(argv)
   args.groups = [g.strip() for g in args.only.split(",") if g.strip()]
@@ -463,7 +531,9 @@ def main(argv=None):
   if args.r50_timing:
     r50_timing(args)
     return
-  if not args.report:
+  if args.softmax_readout:
+    softmax_readout(args)
+  if not (args.report or args.softmax_readout):
     command = "python scripts/ablations.py " + " ".join(shlex.quote(a) for a in _what(argv))
     for g in args.groups:
       run_group(g, args, command.strip())

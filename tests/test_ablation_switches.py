@@ -202,6 +202,14 @@ def test_c5_model_with_roi_pool_softmax_masks_and_mlp_head():
       out["masks"], _detected_channel(jax.nn.softmax(logits, axis=-1), out["labels"]),
       rtol=1e-5, atol=1e-6)
   assert set(ls) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
+  # The foreground readout of the same parameters: 1 - p(background).
+  fg = build_model(merged(cfg, roi_heads=dict(mask=dict(softmax_readout="foreground"))))
+  assert fg.mask_head.softmax_readout == "foreground"
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 64, 3)), jnp.float32)
+  masks = jax.jit(lambda v: fg.apply(v, x, jnp.asarray([[64, 64]])))(v)["masks"]  # _run's image
+  np.testing.assert_allclose(masks, 1.0 - np.asarray(jax.nn.softmax(logits, axis=-1))[..., 0],
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(masks, out["masks"], atol=1e-3)  # the two readouts differ
 
 
 def test_c4_model_shares_the_res5_trunk():
@@ -233,11 +241,15 @@ def test_wrong_combinations_are_clear_errors():
     build_model(merged(TINY, **SINGLE_LEVEL, roi_heads=dict(trunk="res5")))
   with pytest.raises(ValueError, match="class_agnostic"):
     build_model(merged(TINY, roi_heads=dict(mask=dict(loss="softmax", class_agnostic=True))))
+  with pytest.raises(ValueError, match="softmax_readout='foreground' reads a softmax"):
+    build_model(merged(TINY, roi_heads=dict(mask=dict(softmax_readout="foreground"))))
   for field, cfg in (("neck", dict(neck="bifpn")),
                      ("roi_heads.pooler", dict(roi_heads=dict(pooler="crop"))),
                      ("roi_heads.trunk", dict(roi_heads=dict(trunk="res6"))),
                      ("roi_heads.box.head", dict(roi_heads=dict(box=dict(head="conv")))),
                      ("roi_heads.mask.head", dict(roi_heads=dict(mask=dict(head="unet")))),
-                     ("roi_heads.mask.loss", dict(roi_heads=dict(mask=dict(loss="dice"))))):
+                     ("roi_heads.mask.loss", dict(roi_heads=dict(mask=dict(loss="dice")))),
+                     ("roi_heads.mask.softmax_readout",
+                      dict(roi_heads=dict(mask=dict(loss="softmax", softmax_readout="bg"))))):
     with pytest.raises(ValueError, match=f"config.model.{field} must be one of"):
       build_model(merged(TINY, **cfg))

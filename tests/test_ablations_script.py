@@ -76,3 +76,22 @@ def test_quick_run_end_to_end(tmp_path):
   with open(os.path.join(out, "ablations.md")) as f:
     text = f.read()
   assert "| mask_branch_off | -- | -- | -- |" in text and "--variants mask_branch_off" in text
+
+
+def test_softmax_readout_needs_the_finished_runs_and_is_reported(tmp_path):
+  out = str(tmp_path)
+  with pytest.raises(SystemExit, match="needs the finished mask_loss_softmax run of seed 0"):
+    ablations.main(["--quick", "--softmax-readout", "--seeds", "0", "--out", out,
+                    "--workdir", str(tmp_path / "wd")])
+  _record(out, "mask_loss_softmax", 0, 5.0, 50.0)
+  with pytest.raises(SystemExit, match="checkpoint .* is gone"):
+    ablations.main(["--quick", "--softmax-readout", "--seeds", "0", "--out", out,
+                    "--workdir", str(tmp_path / "wd")])
+  with open(os.path.join(out, ablations.SOFTMAX_READOUT_FILE), "w") as f:
+    json.dump({"command": "python scripts/ablations.py --softmax-readout", "machine": "m",
+               "date": "2026-11-30", "commit": "abc1234",
+               "seeds": {"0": {"class": {"segm/AP": 5.0}, "foreground": {"segm/AP": 40.0}},
+                         "1": {"class": {"segm/AP": 9.0}, "foreground": {"segm/AP": 44.0}}}}, f)
+  text = ablations.write_report(out, ["mask_loss"], [0], quick=True)
+  assert "mask AP 7.0 ± 2.8 -> 42.0 ± 2.8" in text
+  assert "1 - p(background)" not in ablations.write_report(out, ["pooler"], [0], quick=True)

@@ -17,7 +17,8 @@ from mrcnn_jax.model.heads import BoxPredictor
 from mrcnn_jax.model.keypoint_head import KeypointHead, KeypointRoIHead
 from mrcnn_jax.model.mask_rcnn import MaskRCNN
 from mrcnn_jax.model.resnet import ResNet, ResNetStage
-from mrcnn_jax.model.roi_heads import MASK_LOSSES, BoxRoIHead, MaskRoIHead, Pooler, RoISampler
+from mrcnn_jax.model.roi_heads import (MASK_LOSSES, SOFTMAX_READOUTS, BoxRoIHead, MaskRoIHead,
+                                       Pooler, RoISampler)
 from mrcnn_jax.model.rpn import RPN
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -137,6 +138,11 @@ def build_model(model_cfg: Mapping[str, Any], *, axis_name: Optional[str] = None
     mask = rh["mask"]
     _check_choice("roi_heads.mask.head", mask["head"], model_config.MASK_HEADS)
     _check_choice("roi_heads.mask.loss", mask["loss"], MASK_LOSSES)
+    _check_choice("roi_heads.mask.softmax_readout", mask["softmax_readout"], SOFTMAX_READOUTS)
+    if mask["softmax_readout"] != "class" and mask["loss"] != "softmax":
+      raise ValueError("config.model.roi_heads.mask.softmax_readout="
+                       f"{mask['softmax_readout']!r} reads a softmax-trained head: it needs "
+                       f"roi_heads.mask.loss='softmax' (got {mask['loss']!r})")
     if mask["loss"] == "softmax" and mask["class_agnostic"]:
       raise ValueError("config.model.roi_heads.mask.loss='softmax' needs a mask per class: "
                        "it cannot be combined with roi_heads.mask.class_agnostic=True")

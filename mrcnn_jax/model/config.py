@@ -15,8 +15,8 @@ part itself (its dataclass fields), so a default is written exactly once:
       box       head ("fc": ``heads.BoxHead``, "avgpool": ``heads.AvgPoolBoxHead``)
                 + ``BoxRoIHead``'s and ``heads.BoxHead``'s fields
       mask      head ("fcn": ``heads.MaskHead``, "mlp": ``heads.MaskMLPHead``)
-                + ``MaskRoIHead``'s (loss: "sigmoid" / "softmax") and the
-                heads' fields
+                + ``MaskRoIHead``'s (loss: "sigmoid" / "softmax";
+                softmax_readout: "class" / "foreground") and the heads' fields
       keypoint  ``keypoint_head.KeypointRoIHead``'s and ``KeypointHead``'s
                 fields (used when ``keypoint_on``)
 

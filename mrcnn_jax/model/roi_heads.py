@@ -164,6 +164,9 @@ class BoxRoIHead(nn.Module):
 
 # The mask losses MaskRoIHead.loss chooses from (config.model.roi_heads.mask.loss).
 MASK_LOSSES = ("sigmoid", "softmax")
+# How a softmax-trained head's output becomes a mask at inference
+# (config.model.roi_heads.mask.softmax_readout).
+SOFTMAX_READOUTS = ("class", "foreground")
 
 
 class MaskRoIHead(nn.Module):
@@ -177,6 +180,13 @@ class MaskRoIHead(nn.Module):
   channels, channel 0 being background; the mask is the detected class's
   softmax probability).
 
+  ``softmax_readout`` (softmax only; inference, no parameters): ``"class"``
+  (default, the paper's: the detected class's probability) or
+  ``"foreground"`` (1 - p(background): every class's share together, i.e.
+  whether the pixel is object at all, whatever the class). The two together
+  tell a head that has not learned the shape from one that has learned it
+  but splits each pixel among the classes.
+
   In training the head runs on the batch's positive RoIs packed together
   (``ops.targets.pack_positive_rois``) into ``rois_per_image`` slots per
   image, shared by the batch. None: every positive slot (so no positive is
@@ -189,6 +199,7 @@ class MaskRoIHead(nn.Module):
   pool_size: int = 14
   rois_per_image: Optional[int] = None
   loss: str = "sigmoid"
+  softmax_readout: str = "class"
 
   def __call__(self, features, rois, canvas_size, batch_index=None, train: bool = False):
     """RoIs [B, R, 4] -> mask logits [B, R, M, M, K]; or packed RoIs [N, 4]
@@ -210,6 +221,8 @@ class MaskRoIHead(nn.Module):
     logits = self(features, detections["boxes"], canvas_size)  # [B, D, M, M, K']
     if self.loss == "softmax":  # the detected class's share of each pixel
       logits = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+      if self.softmax_readout == "foreground":  # 1 - p(background)
+        return {"masks": 1.0 - jnp.exp(logits[..., 0])}
     if logits.shape[-1] == 1:  # class-agnostic
       chosen = logits[..., 0]
     else:
