@@ -149,10 +149,10 @@ def git_commit() -> str:
   try:
     out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=True,
                          capture_output=True, text=True).stdout.strip()
-    # Changes to the results themselves (this script's own report) do not
-    # change what a run computes.
+    # Changes to the results themselves (this script's own report) and to
+    # documentation do not change what a run computes.
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no",
-                            "--", ".", ":(exclude)experiments/results"],
+                            "--", ".", ":(exclude)experiments/results", ":(exclude)*.md"],
                            check=True, capture_output=True, text=True).stdout.strip()
     return out + ("+changes" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
