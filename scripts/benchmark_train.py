@@ -125,11 +125,10 @@ def load_config(path: str, overrides: list[str]):
 def run_jax(args) -> dict:
   import jax
 
-  if args.nms != "auto":  # bind the method where the model calls NMS
+  if args.nms != "auto":  # bind the method where the model calls NMS (nms_batch only)
     from mrcnn_jax.ops import nms as nms_ops
     from mrcnn_jax.ops import postprocess
-    postprocess.nms = functools.partial(nms_ops.nms, method=args.nms)
-    postprocess.batched_nms = functools.partial(nms_ops.batched_nms, method=args.nms)
+    postprocess.nms_batch = functools.partial(nms_ops.nms_batch, method=args.nms)
 
   from mrcnn_jax import train as train_lib
   from mrcnn_jax.input_spec import IMAGENET_MEAN, IMAGENET_STD

@@ -139,8 +139,8 @@ def test_nms_max_output_and_valid_mask(kw):
   assert not bool(out_valid.any())
 
 
-@pytest.mark.parametrize("per_image", [False, True])
-def test_nms_batch_is_nms_of_each_image(per_image):
+@pytest.mark.parametrize("per_image,method", [(False, None), (True, None), (False, "tiled")])
+def test_nms_batch_is_nms_of_each_image(per_image, method):
   rng = np.random.default_rng(4)
   ctr = rng.uniform(0, 100, (3, 40, 2))
   boxes = np.concatenate([ctr - 8, ctr + 8], -1).astype(np.float32)
@@ -149,13 +149,17 @@ def test_nms_batch_is_nms_of_each_image(per_image):
   classes = rng.integers(1, 4, (3, 40)).astype(np.int32)
   for cls in (None, classes):
     idx, out_valid = jax.jit(lambda b, s, v, c: nms_batch(b, s, 0.5, 12, v, classes=c,
-                                                          per_image=per_image))(
+                                                          per_image=per_image, method=method))(
         boxes, scores, valid, cls)
     for i in range(3):
       ref = nms(jnp.asarray(boxes[i]), jnp.asarray(scores[i]), 0.5, 12,
                 valid=jnp.asarray(valid[i]), classes=None if cls is None else jnp.asarray(cls[i]))
       np.testing.assert_array_equal(idx[i], ref[0])
       np.testing.assert_array_equal(out_valid[i], ref[1])
+  if method is not None:  # the method reaches nms: another program from the sequential one
+    programs = [str(jax.make_jaxpr(lambda b, s, v: nms_batch(b, s, 0.5, 12, v, method=m))(
+        boxes, scores, valid)) for m in (method, "sequential")]
+    assert programs[0] != programs[1]
 
 
 def test_paste_masks_matches_torchvision(tv_ref):

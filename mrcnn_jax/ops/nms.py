@@ -212,12 +212,18 @@ def nms_per_image(boxes, scores, iou_threshold: float, max_output: int, valid,
 
 
 def nms_batch(boxes, scores, iou_threshold: float, max_output: int, valid, classes=None, *,
-              per_image: bool = False):
+              per_image: bool = False, method: str | None = None):
   """``nms`` over a batch: boxes [B, N, 4] xyxy, scores, valid (and
   optionally classes) [B, N] -> (indices [B, K], valid [B, K]). One
   ``vmap``ped loop for the batch (training, evaluation, predict), or with
-  ``per_image`` one loop per image (``nms_per_image``: the ONNX export)."""
+  ``per_image`` one loop per image (``nms_per_image``: the ONNX export).
+  ``method``: ``nms``'s; None for each form's default ("auto" vmapped,
+  "sequential" per image). The model calls NMS through this function only
+  (``ops.postprocess``), so binding ``method`` here picks it for the whole
+  model (``scripts/benchmark_train.py --nms``)."""
   if per_image:
-    return nms_per_image(boxes, scores, iou_threshold, max_output, valid, classes=classes)
-  return jax.vmap(lambda b, s, v, c: nms(b, s, iou_threshold, max_output, valid=v, classes=c))(
+    return nms_per_image(boxes, scores, iou_threshold, max_output, valid, classes=classes,
+                         method=method or "sequential")
+  return jax.vmap(lambda b, s, v, c: nms(b, s, iou_threshold, max_output, valid=v, classes=c,
+                                         method=method or "auto"))(
       boxes, scores, valid, classes)
