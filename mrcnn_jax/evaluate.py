@@ -16,7 +16,6 @@ import logging
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
 
-import flax
 import jax
 import numpy as np
 
@@ -79,8 +78,9 @@ def predict(model, variables, batches: Iterable[dict], *, max_batches: int | Non
   ``example`` holds the image's ``image_id``, ``orig_size``, ``image_size``
   and its normalised network input ``image``.
   """
+  from mrcnn_jax.train import replicate  # the trainer's: compiles nothing
   p_predict = p_predict_program(model)
-  rep = flax.jax_utils.replicate(variables)
+  rep = replicate(variables)
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break

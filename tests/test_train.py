@@ -4,6 +4,7 @@ synthetic numpy (no TensorFlow needed). Resuming, SIGTERM and checkpoints:
 tests/test_resume.py."""
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -193,3 +194,35 @@ def test_batchnorm_in_fpn_and_heads_learns_statistics_in_training():
   # inference reads the running statistics: apply without a mutable collection
   # would fail if any norm tried to update them
   jax.jit(model.apply)(variables, batch["image"], batch["image_size"])
+
+
+def test_replicate_compiles_nothing_and_the_next_step_reuses_the_program():
+  """``train.replicate`` lays the copies out as the pmapped step returns
+  them: making them compiles no XLA program, and a donated step fed its own
+  outputs compiles once, not again at its second call."""
+  devices = jax.local_devices()[:2]
+  tree = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.zeros((), jnp.int32),
+          "k": jax.random.PRNGKey(3)}
+  step = jax.pmap(lambda t: jax.tree.map(lambda x: x + 1, t), axis_name="batch",
+                  devices=devices, donate_argnums=0)
+  compiled = []
+  with jax.log_compiles(True):
+
+    class Catch(logging.Handler):
+      def emit(self, record):
+        if "Finished XLA compilation" in record.getMessage():
+          compiled.append(record.getMessage())
+
+    handler = Catch()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+      rep = train.replicate(tree, devices)
+      assert compiled == []
+      out = step(step(rep))
+    finally:
+      logging.getLogger("jax").removeHandler(handler)
+  assert len(compiled) == 1, compiled
+  back = jax.device_get(train.unreplicate(out))
+  np.testing.assert_array_equal(back["w"], np.arange(6.0).reshape(2, 3) + 2)
+  assert int(back["n"]) == 2
+  assert all(x.shape[0] == 2 for x in jax.tree.leaves(rep))
