@@ -78,9 +78,8 @@ def predict(model, variables, batches: Iterable[dict], *, max_batches: int | Non
   ``example`` holds the image's ``image_id``, ``orig_size``, ``image_size``
   and its normalised network input ``image``.
   """
-  from mrcnn_jax.train import replicate  # the trainer's: compiles nothing
   p_predict = p_predict_program(model)
-  rep = replicate(variables)
+  rep = programs.replicate(variables)
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break

@@ -39,6 +39,7 @@ import optax
 from flax import traverse_util
 
 from mrcnn_jax import checkpoints, distributed, programs
+from mrcnn_jax.programs import replicate  # noqa: F401  (train.replicate)
 from mrcnn_jax.data.stream import StreamPosition
 from mrcnn_jax.input_spec import InputSpec
 from mrcnn_jax.model import init_params
@@ -238,28 +239,6 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], rng, *, mode
   metrics = dict(losses, loss=total, grad_norm=_global_norm(grads),
                  skipped=(~finite).astype(jnp.float32), **counts)
   return new_state, metrics
-
-
-def replicate(tree, devices=None):
-  """Copies ``tree`` to every local device, laid out as the pmapped step
-  returns its outputs (a ``NamedSharding`` over a mesh of ``devices`` with
-  the axis ``'batch'``, pmap's ``axis_name`` here), so the second step does
-  not compile again.
-
-  Each leaf goes through the host: ``flax.jax_utils.replicate`` stacks the
-  copies with ``jnp.stack``, one XLA compilation per distinct leaf shape
-  (about 60 of them, 4 s of a CPU run's start for the shapes model, again
-  for the evaluation's variables); a host copy and a ``device_put`` compile
-  nothing."""
-  devices = list(devices) if devices is not None else jax.local_devices()
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), ("batch",)),
-                                        jax.sharding.PartitionSpec("batch"))
-
-  def put(x):
-    x = np.asarray(x)
-    return jax.device_put(np.stack([x] * len(devices)), sharding)
-
-  return jax.tree.map(put, tree)
 
 
 def unreplicate(tree):
