@@ -46,7 +46,6 @@ tests can prepare a tiny copy in a temporary directory::
 
 from __future__ import annotations
 
-import colorsys
 import dataclasses
 import json
 import logging
@@ -60,151 +59,22 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrcnn_jax.data import hide_accelerators_from_tf
+from mrcnn_jax.data import synthetic
+# The drawing lives in ``synthetic`` (no TensorFlow, for the generating
+# workers); its names stay importable from here.
+from mrcnn_jax.data.synthetic import (  # noqa: F401  pylint: disable=unused-import
+    _SPLIT_CODES, CLASS_NAMES, DrawParams, _background, _random_colour, _shape_inside,
+    _tight_box, draw_example, example_rng, png_bytes)
 from mrcnn_jax.data.tfds_util import (DecodeSequenceImages, KeepEncoded,
-                                      SourceFileCodePath, image_decoders,
-                                      png_bytes)
+                                      SourceFileCodePath, image_decoders)
 
 hide_accelerators_from_tf()
-
-CLASS_NAMES = ("square", "circle", "triangle")
 
 DEFAULT_NUM_TRAIN = 2000
 DEFAULT_NUM_VALIDATION = 200
 DEFAULT_SEED = 0
 
-_SPLIT_CODES = {"train": 0, "validation": 1}
-
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------
-# Drawing (numpy only).
-# ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DrawParams:
-  """What one generated example looks like (all sizes in pixels)."""
-
-  min_image_size: int = 128
-  max_image_size: int = 256
-  max_objects: int = 6
-  min_object_size: int = 16
-  max_object_size: int = 96
-  min_visible_area: int = 30
-  stripes_prob: float = 0.3
-
-
-def _shape_inside(label: int, size: int, cy: float, cx: float,
-                  ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-  """Which pixel centres (ys [h, 1], xs [1, w]) lie inside the shape."""
-  half = size / 2.0
-  if label == 0:  # square, axis-aligned, side `size`
-    return (np.abs(ys - cy) <= half) & (np.abs(xs - cx) <= half)
-  if label == 1:  # circle, diameter `size`
-    return (ys - cy) ** 2 + (xs - cx) ** 2 <= half * half
-  # triangle: upright isosceles, apex at the top, base and height `size`
-  top = cy - half
-  return (ys >= top) & (ys <= cy + half) & (np.abs(xs - cx) <= (ys - top) / 2.0)
-
-
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-  h, s, v = rng.uniform(0.0, 1.0), rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0)
-  return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32) * 255.0
-
-
-def _background(rng: np.random.Generator, h: int, w: int,
-                params: DrawParams) -> np.ndarray:
-  """Random linear colour gradient, sometimes with stripes; float32 [h, w, 3]."""
-  c0 = rng.uniform(20.0, 235.0, size=3).astype(np.float32)
-  c1 = np.clip(c0 + rng.uniform(-70.0, 70.0, size=3), 0, 255).astype(np.float32)
-  theta = rng.uniform(0.0, 2 * np.pi)
-  ys = np.arange(h, dtype=np.float32)[:, None] / max(h - 1, 1)
-  xs = np.arange(w, dtype=np.float32)[None, :] / max(w - 1, 1)
-  t = xs * np.cos(theta) + ys * np.sin(theta)
-  t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-  image = c0 + t[..., None] * (c1 - c0)
-  if rng.uniform() < params.stripes_prob:
-    period = rng.uniform(6.0, 24.0)
-    phi = rng.uniform(0.0, np.pi)
-    amplitude = rng.uniform(8.0, 30.0)
-    phase = (np.arange(w, dtype=np.float32)[None, :] * np.cos(phi)
-             + np.arange(h, dtype=np.float32)[:, None] * np.sin(phi))
-    stripes = np.sign(np.sin(2 * np.pi * phase / period)).astype(np.float32)
-    image = image + amplitude * stripes[..., None]
-  return image
-
-
-def draw_example(rng: np.random.Generator,
-                 params: DrawParams = DrawParams()) -> dict[str, Any]:
-  """Draws one example.
-
-  Returns a dict with ``image`` uint8 [H, W, 3], ``masks`` bool [n, H, W]
-  (visible parts, disjoint, each with at least ``min_visible_area`` pixels),
-  ``labels`` int64 [n] (0-based into CLASS_NAMES) and ``num_occluded`` (objects
-  drawn but dropped for too small a visible area). ``n >= 1``: if occlusion
-  leaves no object, the example is drawn again from the same generator.
-  """
-  while True:
-    h, w = (int(v) for v in rng.integers(
-        params.min_image_size, params.max_image_size + 1, size=2))
-    image = _background(rng, h, w, params)
-    bg_mean = image.reshape(-1, 3).mean(axis=0)
-    owner = np.zeros((h, w), np.int16)  # 1 + index of the visible object
-    num_objects = int(rng.integers(1, params.max_objects + 1))
-    labels = []
-    for i in range(num_objects):
-      label = int(rng.integers(0, len(CLASS_NAMES)))
-      size = int(rng.integers(params.min_object_size,
-                              min(params.max_object_size, h, w) + 1))
-      half = size / 2.0
-      cy = rng.uniform(half, h - half)
-      cx = rng.uniform(half, w - half)
-      colour = _random_colour(rng)
-      for _ in range(8):  # keep the object visible against the background
-        if np.abs(colour - bg_mean).mean() > 40.0:
-          break
-        colour = _random_colour(rng)
-      y0, y1 = max(int(np.floor(cy - half)), 0), min(int(np.ceil(cy + half)), h)
-      x0, x1 = max(int(np.floor(cx - half)), 0), min(int(np.ceil(cx + half)), w)
-      ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5
-      xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5
-      inside = _shape_inside(label, size, cy, cx, ys, xs)
-      image[y0:y1, x0:x1][inside] = colour
-      owner[y0:y1, x0:x1][inside] = i + 1
-      labels.append(label)
-
-    noise_std = rng.uniform(2.0, 10.0)
-    image = image + noise_std * rng.standard_normal((h, w, 3), dtype=np.float32)
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-    masks, kept_labels, num_occluded = [], [], 0
-    for i, label in enumerate(labels):
-      visible = owner == i + 1
-      if int(visible.sum()) < params.min_visible_area:
-        num_occluded += 1
-        continue
-      masks.append(visible)
-      kept_labels.append(label)
-    if masks:
-      return {
-          "image": image,
-          "masks": np.stack(masks),
-          "labels": np.asarray(kept_labels, np.int64),
-          "num_occluded": num_occluded,
-      }
-
-
-def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
-  """The generator of example `index` of `split`: examples are independent."""
-  return np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index)])
-
-
-def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-  """(y0, x0, y1, x1) of a non-empty bool mask, continuous pixel coordinates."""
-  rows = np.flatnonzero(mask.any(axis=1))
-  cols = np.flatnonzero(mask.any(axis=0))
-  return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 # ------------------------------------------------------------------------------
@@ -288,28 +158,15 @@ class MrcnnShapes(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, split: str, num_examples: int):
-    seed = self.builder_config.seed
+    # Drawn and PNG-encoded by one worker process per core (in order, the
+    # same bytes as drawing them here: each example has its own generator).
     total_occluded = 0
-    for index in range(num_examples):
-      ex = draw_example(example_rng(seed, split, index))
+    for index, ex in enumerate(synthetic.shapes_examples(self.builder_config.seed, split,
+                                                         num_examples)):
       total_occluded += ex["num_occluded"]
-      h, w = ex["image"].shape[:2]
-      objects = []
-      for mask, label in zip(ex["masks"], ex["labels"]):
-        y0, x0, y1, x1 = _tight_box(mask)
-        objects.append({
-            "bbox": tfds.features.BBox(ymin=y0 / h, xmin=x0 / w,
-                                       ymax=y1 / h, xmax=x1 / w),
-            "label": int(label),
-            "mask": png_bytes(mask.astype(np.uint8)),  # decodes to [H, W, 1]
-            "area": int(mask.sum()),
-        })
-      yield index, {
-          "image": png_bytes(ex["image"]),
-          "image_id": index + 1,
-          "num_occluded": ex["num_occluded"],
-          "objects": objects,
-      }
+      for obj in ex["objects"]:
+        obj["bbox"] = tfds.features.BBox(*obj["bbox"])
+      yield index, ex
     log.info("mrcnn_shapes/%s: %d examples; dropped %d objects whose visible "
              "area fell under the minimum.", split, num_examples,
              total_occluded)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import sys
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image as PILImage
 
-
-def png_bytes(array: np.ndarray) -> bytes:
-  """PNG encoding of a uint8 [H, W] or [H, W, C] array. compress_level 1:
-  noisy images and 0/1 masks barely compress more, and it is ~5x faster."""
-  buf = io.BytesIO()
-  PILImage.fromarray(array).save(buf, format="PNG", compress_level=1)
-  return buf.getvalue()
+from mrcnn_jax.data.synthetic import png_bytes  # noqa: F401  (shared by the builders)
 
 
 class SourceFileCodePath:
