@@ -31,6 +31,7 @@ category's ``keypoints`` names and ``skeleton``); OKS uses
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -40,7 +41,7 @@ from pycocotools import mask as mask_utils
 import tensorflow as tf  # noqa: F401  (TFDS needs it imported)
 import tensorflow_datasets as tfds
 
-from mrcnn_jax.data import shapes
+from mrcnn_jax.data import shapes, synthetic
 from mrcnn_jax.data.shapes import (DEFAULT_NUM_TRAIN, DEFAULT_NUM_VALIDATION, DEFAULT_SEED,
                                    DrawParams, ShapesConfig, example_rng, shapes_config)
 from mrcnn_jax.data.tfds_util import SourceFileCodePath, image_decoders, png_bytes
@@ -181,6 +182,21 @@ def draw_example(rng: np.random.Generator, params: DrawParams = DrawParams()) ->
               "num_occluded": occluded}
 
 
+def _encoded_example(seed: int, split: str, index: int) -> dict[str, Any]:
+  """Example ``index`` of ``split`` as the builder stores it (PNG bytes)."""
+  ex = draw_example(example_rng(seed, split, index))
+  h, w = ex["image"].shape[:2]
+  objects = []
+  for mask, kp in zip(ex["masks"], ex["keypoints"]):
+    y0, x0, y1, x1 = shapes._tight_box(mask)  # pylint: disable=protected-access
+    objects.append({
+        "bbox": tfds.features.BBox(ymin=y0 / h, xmin=x0 / w, ymax=y1 / h, xmax=x1 / w),
+        "label": 0, "mask": png_bytes(mask.astype(np.uint8)), "area": int(mask.sum()),
+        "keypoints": kp})
+  return {"image": png_bytes(ex["image"]), "image_id": index + 1,
+          "num_occluded": ex["num_occluded"], "objects": objects}
+
+
 class MrcnnFigures(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   """Synthetic stick figures with 13 keypoints, boxes and instance masks."""
 
@@ -217,19 +233,11 @@ class MrcnnFigures(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, num_examples: int):
     total = 0
-    for index in range(num_examples):
-      ex = draw_example(example_rng(self.builder_config.seed, split, index))
+    # Drawn and encoded on every core, in index order (synthetic.generate).
+    make = functools.partial(_encoded_example, self.builder_config.seed, split)
+    for index, ex in enumerate(synthetic.generate(make, num_examples)):
       total += ex["num_occluded"]
-      h, w = ex["image"].shape[:2]
-      objects = []
-      for mask, kp in zip(ex["masks"], ex["keypoints"]):
-        y0, x0, y1, x1 = shapes._tight_box(mask)  # pylint: disable=protected-access
-        objects.append({
-            "bbox": tfds.features.BBox(ymin=y0 / h, xmin=x0 / w, ymax=y1 / h, xmax=x1 / w),
-            "label": 0, "mask": png_bytes(mask.astype(np.uint8)), "area": int(mask.sum()),
-            "keypoints": kp})
-      yield index, {"image": png_bytes(ex["image"]), "image_id": index + 1,
-                    "num_occluded": ex["num_occluded"], "objects": objects}
+      yield index, ex
     log.info("mrcnn_figures/%s: %d examples; dropped %d figures under %d visible pixels",
              split, num_examples, total, _MIN_VISIBLE)
 
