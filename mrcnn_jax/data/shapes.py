@@ -60,8 +60,8 @@ import tensorflow_datasets as tfds
 
 from mrcnn_jax.data import hide_accelerators_from_tf
 from mrcnn_jax.data import synthetic
-# The drawing lives in ``synthetic`` (no TensorFlow, for the generating
-# workers); its names stay importable from here.
+# The drawing lives in ``synthetic`` (numpy and PIL only, shared with the
+# figures dataset); its names stay importable from here.
 from mrcnn_jax.data.synthetic import (  # noqa: F401  pylint: disable=unused-import
     _SPLIT_CODES, CLASS_NAMES, DrawParams, _background, _random_colour, _shape_inside,
     _tight_box, draw_example, example_rng, png_bytes)

@@ -1,10 +1,11 @@
 """Drawing of the synthetic datasets and their parallel generation: numpy
 and PIL only, no TensorFlow.
 
-The TFDS builder of the shapes dataset (``shapes.py``) draws and
-PNG-encodes its examples on every core through :func:`generate`. Every
-example is drawn from its own generator (:func:`example_rng`), so the
-examples, and their bytes, do not depend on how many threads drew them.
+The TFDS builders of the shapes and figures datasets (``shapes.py``,
+``figures.py``) draw and PNG-encode their examples on every core through
+:func:`generate`. Every example is drawn from its own generator
+(:func:`example_rng`), so the examples, and their bytes, do not depend on
+how many threads drew them.
 """
 
 from __future__ import annotations
