@@ -206,21 +206,21 @@ def test_replicate_compiles_nothing_and_the_next_step_reuses_the_program():
   step = jax.pmap(lambda t: jax.tree.map(lambda x: x + 1, t), axis_name="batch",
                   devices=devices, donate_argnums=0)
   compiled = []
-  with jax.log_compiles(True):
 
-    class Catch(logging.Handler):
-      def emit(self, record):
-        if "Finished XLA compilation" in record.getMessage():
-          compiled.append(record.getMessage())
+  class Catch(logging.Handler):
+    def emit(self, record):
+      if "Finished XLA compilation" in record.getMessage():
+        compiled.append(record.getMessage())
 
-    handler = Catch()
-    logging.getLogger("jax").addHandler(handler)
-    try:
+  handler = Catch()
+  logging.getLogger("jax").addHandler(handler)
+  try:
+    with jax.log_compiles(True):
       rep = train.replicate(tree, devices)
       assert compiled == []
       out = step(step(rep))
-    finally:
-      logging.getLogger("jax").removeHandler(handler)
+  finally:
+    logging.getLogger("jax").removeHandler(handler)
   assert len(compiled) == 1, compiled
   back = jax.device_get(train.unreplicate(out))
   np.testing.assert_array_equal(back["w"], np.arange(6.0).reshape(2, 3) + 2)

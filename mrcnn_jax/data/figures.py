@@ -41,10 +41,10 @@ from pycocotools import mask as mask_utils
 import tensorflow as tf  # noqa: F401  (TFDS needs it imported)
 import tensorflow_datasets as tfds
 
-from mrcnn_jax.data import shapes, synthetic
+from mrcnn_jax.data import shapes, synthetic, tfds_util
 from mrcnn_jax.data.shapes import (DEFAULT_NUM_TRAIN, DEFAULT_NUM_VALIDATION, DEFAULT_SEED,
                                    DrawParams, ShapesConfig, example_rng, shapes_config)
-from mrcnn_jax.data.tfds_util import SourceFileCodePath, image_decoders, png_bytes
+from mrcnn_jax.data.tfds_util import SourceFileCodePath, image_decoders
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +183,11 @@ def draw_example(rng: np.random.Generator, params: DrawParams = DrawParams()) ->
 
 
 def _encoded_example(seed: int, split: str, index: int) -> dict[str, Any]:
-  """Example ``index`` of ``split`` as the builder stores it (PNG bytes)."""
+  """Example ``index`` of ``split`` as the builder stores it
+  (``synthetic.encode_example``; label 0 and the keypoints of each figure)."""
   ex = draw_example(example_rng(seed, split, index))
-  h, w = ex["image"].shape[:2]
-  objects = []
-  for mask, kp in zip(ex["masks"], ex["keypoints"]):
-    y0, x0, y1, x1 = shapes._tight_box(mask)  # pylint: disable=protected-access
-    objects.append({
-        "bbox": tfds.features.BBox(ymin=y0 / h, xmin=x0 / w, ymax=y1 / h, xmax=x1 / w),
-        "label": 0, "mask": png_bytes(mask.astype(np.uint8)), "area": int(mask.sum()),
-        "keypoints": kp})
-  return {"image": png_bytes(ex["image"]), "image_id": index + 1,
-          "num_occluded": ex["num_occluded"], "objects": objects}
+  return synthetic.encode_example(ex, index,
+                                  [{"label": 0, "keypoints": kp} for kp in ex["keypoints"]])
 
 
 class MrcnnFigures(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
@@ -237,7 +230,7 @@ class MrcnnFigures(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
     make = functools.partial(_encoded_example, self.builder_config.seed, split)
     for index, ex in enumerate(synthetic.generate(make, num_examples)):
       total += ex["num_occluded"]
-      yield index, ex
+      yield index, tfds_util.with_bboxes(ex)
     log.info("mrcnn_figures/%s: %d examples; dropped %d figures under %d visible pixels",
              split, num_examples, total, _MIN_VISIBLE)
 

@@ -59,7 +59,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrcnn_jax.data import hide_accelerators_from_tf
-from mrcnn_jax.data import synthetic
+from mrcnn_jax.data import synthetic, tfds_util
 # The drawing lives in ``synthetic`` (numpy and PIL only, shared with the
 # figures dataset); its names stay importable from here.
 from mrcnn_jax.data.synthetic import (  # noqa: F401  pylint: disable=unused-import
@@ -164,9 +164,7 @@ class MrcnnShapes(SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
     for index, ex in enumerate(synthetic.shapes_examples(self.builder_config.seed, split,
                                                          num_examples)):
       total_occluded += ex["num_occluded"]
-      for obj in ex["objects"]:
-        obj["bbox"] = tfds.features.BBox(*obj["bbox"])
-      yield index, ex
+      yield index, tfds_util.with_bboxes(ex)
     log.info("mrcnn_shapes/%s: %d examples; dropped %d objects whose visible "
              "area fell under the minimum.", split, num_examples,
              total_occluded)

@@ -16,19 +16,20 @@ import concurrent.futures
 import dataclasses
 import functools
 import io
-import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image as PILImage
+
+from mrcnn_jax import runtime
 
 # Classes of the shapes dataset, in label order (0-based in the dataset).
 CLASS_NAMES = ("square", "circle", "triangle")
 
 _SPLIT_CODES = {"train": 0, "validation": 1}
 
-# Splits smaller than this are drawn in this process: starting workers costs
-# more than it saves (tests prepare datasets of a few examples).
+# Splits smaller than this are drawn in the caller's thread: a pool costs
+# more than it saves there (tests prepare datasets of a few examples).
 PARALLEL_MIN_EXAMPLES = 256
 
 
@@ -55,8 +56,7 @@ def generate(make: Callable[[int], Any], num: int, *, threads: int | None = None
   guard does not survive. ``make`` must be deterministic in its index.
   """
   if threads is None:
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
+    threads = runtime.usable_cores()
   if threads < 2 or num < min_parallel:
     yield from map(make, range(num))
     return
@@ -196,25 +196,33 @@ def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
   return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
-def encoded_shapes_example(seed: int, split: str, index: int,
-                           params: DrawParams = DrawParams()) -> dict[str, Any]:
-  """Example ``index`` of the shapes dataset's ``split`` as the builder
-  stores it: PNG bytes for the image and each mask, each object's tight box
-  as normalised ``(ymin, xmin, ymax, xmax)`` (a TFDS ``BBox`` in the
-  builder), its 0-based label and its area."""
-  ex = draw_example(example_rng(seed, split, index), params)
+def encode_example(ex: dict[str, Any], index: int,
+                   per_object: list[dict[str, Any]]) -> dict[str, Any]:
+  """A drawn example (``draw_example``'s keys ``image``, ``masks``,
+  ``num_occluded``) as the builders store it: PNG bytes for the image and
+  each mask, each object's tight box as normalised ``(ymin, xmin, ymax,
+  xmax)`` (a TFDS ``BBox`` in the builder) and its area, plus the object's
+  fields in ``per_object`` (its label, and its keypoints for the figures)."""
   h, w = ex["image"].shape[:2]
   objects = []
-  for mask, label in zip(ex["masks"], ex["labels"]):
+  for mask, fields in zip(ex["masks"], per_object, strict=True):
     y0, x0, y1, x1 = _tight_box(mask)
     objects.append({
         "bbox": (y0 / h, x0 / w, y1 / h, x1 / w),
-        "label": int(label),
         "mask": png_bytes(mask.astype(np.uint8)),  # decodes to [H, W, 1]
         "area": int(mask.sum()),
+        **fields,
     })
   return {"image": png_bytes(ex["image"]), "image_id": index + 1,
           "num_occluded": ex["num_occluded"], "objects": objects}
+
+
+def encoded_shapes_example(seed: int, split: str, index: int,
+                           params: DrawParams = DrawParams()) -> dict[str, Any]:
+  """Example ``index`` of the shapes dataset's ``split`` as the builder
+  stores it (:func:`encode_example`; each object's 0-based label)."""
+  ex = draw_example(example_rng(seed, split, index), params)
+  return encode_example(ex, index, [{"label": int(label)} for label in ex["labels"]])
 
 
 def shapes_examples(seed: int, split: str, num: int, **kwargs) -> Iterator[dict[str, Any]]:

@@ -12,6 +12,14 @@ from etils import epath
 from mrcnn_jax.data.synthetic import png_bytes  # noqa: F401  (shared by the builders)
 
 
+def with_bboxes(example: dict) -> dict:
+  """``synthetic.encode_example``'s output with each object's box tuple as the
+  ``tfds.features.BBox`` that ``BBoxFeature`` encodes (in place)."""
+  for obj in example["objects"]:
+    obj["bbox"] = tfds.features.BBox(*obj["bbox"])
+  return example
+
+
 class SourceFileCodePath:
   """Mixin for a builder defined outside the tfds package: TFDS 4.9.x finds a
   builder's source through `importlib_resources`, which is not always
