@@ -71,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 16
   config.total_steps = 90_000
   o = ml_collections.ConfigDict()
+  o.name = "sgd"  # or "adamw" (then betas and eps below, momentum unused)
+  o.schedule = "multistep"  # or "cosine": from base_lr to 0 at total_steps
   o.base_lr = 0.02
   o.momentum = 0.9
   o.weight_decay = 1e-4
@@ -79,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
   o.decay_steps = (60_000, 80_000)
   o.decay_factor = 0.1
   o.grad_clip_norm = 0.0
+  o.betas = (0.9, 0.999)
+  o.eps = 1e-8
   config.optimizer = o
   config.loss_weights = ml_collections.ConfigDict(dict(
       loss_rpn_cls=1.0, loss_rpn_box=1.0, loss_cls=1.0, loss_box=1.0, loss_mask=1.0))

@@ -94,36 +94,69 @@ def weight_decay_mask(params) -> Any:
   return traverse_util.unflatten_dict({p: p[-1] == "kernel" for p in flat})
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine")
+
+
+def _choice(o, field: str, choices) -> str:
+  value = o.get(field, choices[0])  # configs written before the field: the first
+  if value not in choices:
+    raise ValueError(f"config.optimizer.{field} = {value!r}: expected one of {', '.join(choices)}")
+  return value
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup from ``warmup_factor * base_lr``, then steps of
-  ``decay_factor`` at ``decay_steps`` (Detectron2's WarmupMultiStepLR)."""
+  """Linear warmup from ``warmup_factor * base_lr``, then either steps of
+  ``decay_factor`` at ``decay_steps`` (``schedule = "multistep"``,
+  Detectron2's WarmupMultiStepLR) or a half cosine from ``base_lr`` at the
+  end of the warmup to 0 at ``config.total_steps`` (``"cosine"``,
+  Detectron2's WarmupCosineLR)."""
   o = config.optimizer
   base = o.base_lr
+  kind = _choice(o, "schedule", SCHEDULES)
+  total = config.total_steps
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    alpha = jnp.minimum(step / max(o.warmup_steps, 1), 1.0)
-    warm = o.warmup_factor * (1 - alpha) + alpha
+    if o.warmup_steps > 0:
+      alpha = jnp.minimum(step / o.warmup_steps, 1.0)
+      warm = o.warmup_factor * (1 - alpha) + alpha
+    else:  # no warmup: full rate from step 0
+      warm = 1.0
+    if kind == "cosine":
+      # Over the whole run (Detectron2 multiplies the warmup and the cosine
+      # factor the same way), clamped so steps past total_steps stay at 0.
+      t = jnp.clip(step / max(total, 1), 0.0, 1.0)
+      return base * warm * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
     decays = sum((step >= s).astype(jnp.float32) for s in o.decay_steps)
     return base * warm * o.decay_factor ** decays
   return schedule
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params, model) -> optax.GradientTransformation:
-  """SGD with momentum, weight decay on kernels, optional clipping; frozen
-  parameters (frozen BatchNorm, stages frozen by the backbone's
-  ``freeze_at``) are left unchanged. ``params`` may be a template: only its
-  structure is read."""
+  """SGD with momentum (``optimizer.name = "sgd"``) or AdamW (``"adamw"``,
+  decoupled weight decay, ``betas`` and ``eps`` from the config), weight
+  decay on kernels, optional clipping; frozen parameters (frozen BatchNorm,
+  stages frozen by the backbone's ``freeze_at``) are left unchanged.
+  ``params`` may be a template: only its structure is read."""
   o = config.optimizer
+  name = _choice(o, "name", OPTIMIZERS)
   train_mask = jax.tree.map(lambda a, b: a and b, trainable_mask(params),
                             frozen_stage_mask(params, model))
+  lr = learning_rate_schedule(config)
+  decay_mask = weight_decay_mask(params)
   chain = []
   if o.get("grad_clip_norm"):
     chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
-  chain += [
-      optax.add_decayed_weights(o.weight_decay, mask=weight_decay_mask(params)),
-      optax.sgd(learning_rate_schedule(config), momentum=o.momentum),
-  ]
+  if name == "adamw":
+    b1, b2 = o.get("betas", (0.9, 0.999))
+    chain.append(optax.adamw(lr, b1=b1, b2=b2, eps=o.get("eps", 1e-8),
+                             weight_decay=o.weight_decay, mask=decay_mask))
+  else:
+    chain += [
+        optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+        optax.sgd(lr, momentum=o.momentum),
+    ]
   labels = jax.tree.map(lambda t: "train" if t else "freeze", train_mask)
   return optax.multi_transform({"train": optax.chain(*chain), "freeze": optax.set_to_zero()},
                                labels)

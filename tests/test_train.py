@@ -142,6 +142,53 @@ def test_optimizer_masks(setup):
   assert fm["backbone"]["layer2_0"]["conv1"]["kernel"] and fm["neck"]["inner_0"]["kernel"]
 
 
+def test_cosine_schedule_and_unknown_choices():
+  c = tiny_config()
+  o = c.optimizer
+  o.base_lr, o.warmup_steps, o.warmup_factor, c.total_steps = 0.1, 10, 0.0, 100
+  o.schedule = "cosine"
+  lr = train.learning_rate_schedule(c)
+  assert float(lr(0)) == 0.0 and float(lr(100)) == 0.0 and float(lr(150)) == 0.0
+  np.testing.assert_allclose(float(lr(50)), 0.05, rtol=1e-6)  # half-way: half of base
+  np.testing.assert_allclose(float(lr(10)), 0.1 * (1 + np.cos(np.pi * 0.1)) / 2, rtol=1e-6)
+  after = [float(lr(s)) for s in range(10, 101)]
+  assert all(a >= b for a, b in zip(after, after[1:]))
+  o.schedule = "multistep"
+  o.decay_steps, o.decay_factor = (60, 80), 0.1
+  lr = train.learning_rate_schedule(c)
+  np.testing.assert_allclose([float(lr(s)) for s in (5, 59, 60, 80)], [0.05, 0.1, 0.01, 0.001],
+                             rtol=1e-5)
+  for field in ("schedule", "name"):
+    bad = tiny_config()
+    bad.optimizer[field] = "linear"
+    with pytest.raises(ValueError, match=f"config.optimizer.{field} = 'linear'"):
+      train.make_optimizer(bad, {}, None) if field == "name" else train.learning_rate_schedule(bad)
+
+
+def test_adamw_steps_by_lr_decays_kernels_only_and_leaves_frozen_parameters(setup):
+  """Adam's first step moves each parameter by lr * sign(gradient) (its
+  moments are g and g^2); AdamW's decoupled decay then adds lr * wd * w to
+  kernels, not to biases or norms; frozen parameters do not move."""
+  c = tiny_config()
+  o = c.optimizer
+  o.name, o.base_lr, o.warmup_steps, o.weight_decay, o.grad_clip_norm = "adamw", 0.01, 0, 0.5, 0.0
+  model = build_model(c.model, backbone__norm="frozen_bn", backbone__freeze_at=2)
+  params = init_params(model, jax.random.PRNGKey(0))["params"]
+  tx = train.make_optimizer(c, params, model)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, -3.0), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  bb = updates["backbone"]
+  np.testing.assert_array_equal(bb["conv1"]["kernel"], 0.0)  # stem: frozen (freeze_at=2)
+  np.testing.assert_array_equal(bb["bn1"]["scale"], 0.0)  # frozen BatchNorm
+  fc6_w, fc6_u = params["box_head"]["head"]["fc6"], updates["box_head"]["head"]["fc6"]
+  np.testing.assert_allclose(fc6_u["bias"], 0.01, rtol=1e-5)
+  np.testing.assert_allclose(fc6_u["kernel"], 0.01 - 0.01 * 0.5 * fc6_w["kernel"], rtol=1e-5,
+                             atol=1e-8)
+  inner = updates["neck"]["inner_0"]["kernel"]
+  np.testing.assert_allclose(inner, 0.01 - 0.005 * params["neck"]["inner_0"]["kernel"],
+                             rtol=1e-5, atol=1e-8)
+
+
 def test_mask_head_runs_on_packed_positives_with_a_cap(setup):
   """The mask head gets the batch's positive RoIs packed into
   mask_rois_per_image * B slots; a cap below the positives leaves some out,
