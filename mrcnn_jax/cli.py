@@ -136,6 +136,10 @@ def _start_processes(args, config):
   errors only."""
   from mrcnn_jax import distributed, runtime
   runtime.configure_cpu_devices(config)
+  if runtime.HUGE_PAGE_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+    logging.getLogger("mrcnn_jax").info(
+        "malloc: transparent huge pages for XLA's buffers (GLIBC_TUNABLES=%s; "
+        "MRCNN_JAX_HUGEPAGES=0 turns this off)", os.environ["GLIBC_TUNABLES"])
   try:
     started = distributed.initialize(args.coordinator_address, args.num_processes,
                                      args.process_id, timeout_s=args.distributed_timeout)
@@ -317,6 +321,15 @@ def main(argv=None):
     if not isinstance(e, InsufficientMemoryError):
       raise
     raise SystemExit(f"mrcnn-jax {args.command}: {e}") from None
+
+
+def entry():
+  """The ``mrcnn-jax`` console script: :func:`main` in a process whose glibc
+  gives XLA's buffers huge pages (``runtime.reexec_with_huge_page_malloc``;
+  ``MRCNN_JAX_HUGEPAGES=0`` turns it off)."""
+  from mrcnn_jax import runtime
+  runtime.reexec_with_huge_page_malloc(["-m", "mrcnn_jax.cli", *sys.argv[1:]])
+  main()
 
 
 if __name__ == "__main__":

@@ -48,3 +48,55 @@ def test_negative_count_is_refused():
   import ml_collections
   with pytest.raises(ValueError, match="cpu_devices"):
     runtime.configure_cpu_devices(ml_collections.ConfigDict(dict(batch_size=2, cpu_devices=-1)))
+
+
+@pytest.mark.parametrize("environ,glibc,thp,expected", [
+    ({}, (2, 36), "madvise", "glibc.malloc.hugetlb=1"),
+    ({}, (2, 35), "always", "glibc.malloc.hugetlb=1"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (2, 36), "madvise",
+     "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), "madvise", None),  # the user's
+    ({"MRCNN_JAX_HUGEPAGES": "0"}, (2, 36), "madvise", None),
+    ({}, (2, 34), "madvise", None),  # the tunable is newer
+    ({}, None, "madvise", None),  # musl, macOS
+    ({}, (2, 36), "never", None),
+    ({}, (2, 36), None, None),
+])
+def test_huge_page_malloc_env(environ, glibc, thp, expected):
+  env = runtime.huge_page_malloc_env(dict(environ, PATH="/bin"), glibc=glibc, thp_mode=thp)
+  if expected is None:
+    assert env is None
+  else:
+    assert env["GLIBC_TUNABLES"] == expected and env["PATH"] == "/bin"
+
+
+def test_thp_mode_reads_the_bracketed_choice(tmp_path):
+  f = tmp_path / "enabled"
+  f.write_text("always [madvise] never\n")
+  assert runtime._thp_mode(str(f)) == "madvise"
+  assert runtime._thp_mode(str(tmp_path / "missing")) is None
+
+
+REEXEC = """
+import os, sys
+from mrcnn_jax import runtime
+print("before", os.environ.get("GLIBC_TUNABLES"), flush=True)
+runtime.reexec_with_huge_page_malloc(["-c", "import os; print('after', os.environ['GLIBC_TUNABLES'])"])
+print("not replaced")
+"""
+
+
+def test_reexec_starts_again_with_the_tunable_once():
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MRCNN_JAX_HUGEPAGES")}
+  out = subprocess.run([sys.executable, "-c", REEXEC], env=env, capture_output=True, text=True,
+                       timeout=120, check=True).stdout.split("\n")
+  will = runtime.huge_page_malloc_env(env, glibc=runtime._glibc_version(),
+                                      thp_mode=runtime._thp_mode())
+  if will is None:  # this machine: nothing to gain, so no second start
+    assert out[:2] == ["before None", "not replaced"]
+  else:
+    assert out[:2] == ["before None", "after glibc.malloc.hugetlb=1"]
+  env["MRCNN_JAX_HUGEPAGES"] = "0"
+  out = subprocess.run([sys.executable, "-c", REEXEC], env=env, capture_output=True, text=True,
+                       timeout=120, check=True).stdout.split("\n")
+  assert out[:2] == ["before None", "not replaced"]
