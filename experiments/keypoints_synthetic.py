@@ -23,7 +23,7 @@ import shapes as base
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = base.get_config()
+  config = base.use_sgd(base.get_config())  # measured with the SGD recipe (README)
 
   m = config.model
   m.num_classes = 2  # background + figure

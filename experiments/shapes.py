@@ -64,16 +64,33 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = d
 
   # ---- optimisation: from scratch, short schedule --------------------------
+  # AdamW with a cosine decay: 700 steps of it reached bbox / segm AP 71.4 /
+  # 67.1 where 900 of SGD (use_sgd below) reached 70.2 / 66.9; 600 steps
+  # reached 68.2 / 64.4, 500 steps 66.1 / 61.8, and lr 2e-3 at 400 steps
+  # 64.4 / 60.5 (README "Measured", 2026-11-30).
   config.batch_size = 8  # global; split over all local devices
-  config.total_steps = 900
+  config.total_steps = 700
   o = config.optimizer
-  o.base_lr = 0.04
+  o.name = "adamw"
+  o.schedule = "cosine"
+  o.base_lr = 1e-3
+  o.weight_decay = 0.05  # decoupled: each step shrinks kernels by lr * 0.05
   o.warmup_steps = 100
-  o.decay_steps = (700, 850)
   o.grad_clip_norm = 10.0
 
   # ---- checkpoints, logging, evaluation -----------------------------------
   config.checkpoint_every = 250
   config.log_every = 25
   config.num_sample_images = 6
+  return config
+
+
+def use_sgd(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The shapes recipe before AdamW (SGD, momentum 0.9, lr 0.04, weight
+  decay 1e-4, lr / 10 at steps 700 and 850 of 900), which the configs built
+  on this one (tests' tiny model, the ablations, the keypoint experiment)
+  were tuned and measured with."""
+  o = config.optimizer
+  o.name, o.schedule = "sgd", "multistep"
+  o.base_lr, o.weight_decay, o.decay_steps = 0.04, 1e-4, (700, 850)
   return config

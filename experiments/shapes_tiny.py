@@ -12,7 +12,7 @@ import tiny  # experiments/tiny.py: the one tiny shrink of a config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = tiny.shrink(shapes.get_config())
+  c = tiny.shrink(shapes.use_sgd(shapes.get_config()))
   c.total_steps = 3
   c.num_sample_images = 2
   return c

@@ -110,13 +110,14 @@ def _flat(d, prefix=""):
 
 
 def config_diff(config) -> dict:
-  """What a run trains, as its differences from the shapes experiment
-  (experiments/shapes.py, which every variant starts from), without seed and
+  """What a run trains, as its differences from the shapes experiment with
+  its SGD recipe (experiments/shapes.py, ``shapes.use_sgd``: what every
+  variant starts from), without seed and
   data location: {dotted key: value}. A field added to the library later with
   its default in both leaves the diff, and so the finished runs, unchanged."""
   sys.path.insert(0, os.path.dirname(CONFIG_DIR))
   import shapes  # experiments/shapes.py
-  ref = _flat(shapes.get_config().to_dict())
+  ref = _flat(shapes.use_sgd(shapes.get_config()).to_dict())
   cur = _flat(config.to_dict())
   diff = {k: v for k, v in cur.items() if k not in ref or ref[k] != v}
   diff.update({k: "<absent>" for k in ref if k not in cur})

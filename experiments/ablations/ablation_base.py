@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampled RoIs per image instead of 64 (8 positive slots, which the shapes
   images' up to 8 objects fill): the C4 model runs res5 on every sampled
   RoI, which makes its step about 5x the FPN model's."""
-  config = shapes.get_config()
+  config = shapes.use_sgd(shapes.get_config())
   config.total_steps = TOTAL_STEPS
   o = config.optimizer
   # The shapes warm-up (100 steps) kept whole: scaled to 60 steps, the first

@@ -49,8 +49,10 @@ print(S, "| steps:", num_steps, "| batch:", config.batch_size)
 # %% [markdown]
 # ## The state
 #
-# The model is built from `config.model`; the optimiser (SGD with momentum,
-# warmup, weight decay on kernels) from `config.optimizer`. The state holds
+# The model is built from `config.model`; the optimiser from
+# `config.optimizer` (shapes: AdamW with warmup and a cosine decay; quick
+# mode and the R50 recipes: SGD with momentum and step decay; weight decay on
+# kernels only, either way). The state holds
 # the step, parameters, BatchNorm statistics (none here: GroupNorm) and the
 # optimiser state.
 
