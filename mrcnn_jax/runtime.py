@@ -18,7 +18,7 @@ Huge pages for XLA:CPU's buffers. Each run of a compiled program allocates
 its temporaries afresh (the shapes train step: 0.20 GiB per device) and
 frees them after; glibc serves allocations that large with a new ``mmap``
 and returns them with ``munmap``, so every step faults the same memory in
-again, 4 KiB at a time: about 150 thousand page faults per shapes step,
+again, 4 KiB at a time: about 100 thousand page faults per shapes step,
 15% of the main job's CPU time as system time. With glibc's
 ``glibc.malloc.hugetlb=1`` tunable (glibc >= 2.35) those mappings are
 advised as transparent huge pages, 2 MiB a fault. The tunable is read
