@@ -107,7 +107,8 @@ def test_config_overrides_are_checked_before_any_command_runs(tmp_path, capsys, 
       (["convert", "--checkpoint", "x.pth", "--output", "o", "--config.model.fpn=3"],
        "--config.model.fpn: config.model.fpn is a section"),
       (["train", "--config.total_steps.x=1"],
-       "--config.total_steps.x: config.total_steps is a int (900), not a section"),
+       f"--config.total_steps.x: config.total_steps is a int "
+       f"({cli.load_config(cli.DEFAULT_CONFIG).total_steps}), not a section"),
       (["train", "--config.total_steps"], "expected --config.KEY=VALUE"),
       (["train", "--config", str(tmp_path / "nope.py")], "config file not found"),
   ]
