@@ -90,6 +90,7 @@ def use_sgd(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   decay 1e-4, lr / 10 at steps 700 and 850 of 900), which the configs built
   on this one (tests' tiny model, the ablations, the keypoint experiment)
   were tuned and measured with."""
+  config.total_steps = 900
   o = config.optimizer
   o.name, o.schedule = "sgd", "multistep"
   o.base_lr, o.weight_decay, o.decay_steps = 0.04, 1e-4, (700, 850)
