@@ -51,6 +51,26 @@ def tiny():
   return model, variables
 
 
+def test_initialize_makes_the_variables_of_a_forward_pass():
+  """``init_params`` goes through ``MaskRCNN.initialize`` (each part once,
+  no NMS): the same tree and the same values, bit for bit, as ``model.init``
+  through ``__call__``, for a model with every kind of variable (trainable
+  BatchNorm statistics in the backbone and FPN, box, mask and keypoint
+  heads)."""
+  cfg = dict(TINY, keypoint_on=True, backbone=dict(depth=18, norm="bn", freeze_at=0),
+             fpn=dict(channels=32, norm="bn"))
+  model = build_model(cfg)
+  rng = jax.random.PRNGKey(7)
+  images, sizes = jnp.zeros((1, 64, 64, 3)), jnp.asarray([[64, 64]], jnp.int32)
+  through_call = jax.jit(model.init)(rng, images, sizes)
+  fast = init_params(model, rng)
+  assert jax.tree.structure(fast) == jax.tree.structure(through_call)
+  assert {"params", "batch_stats"} <= set(fast)
+  assert "keypoint_head" in fast["params"] and "mask_head" in fast["params"]
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(through_call)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_inference_static_shapes_one_compile(tiny):
   model, variables = tiny
   traces = []

@@ -144,6 +144,29 @@ class MaskRCNN(nn.Module):
             "proposals": props, "class_logits": class_logits, "box_deltas": box_deltas,
             "detections": dets}
 
+  def initialize(self, images, image_sizes):
+    """Creates every variable: each part that has parameters called once,
+    the RoI heads on one whole-canvas RoI per image, without the selection
+    work between the parts (anchors, proposals, NMS, detection). For
+    ``model.init(..., method=MaskRCNN.initialize)``: the same variables as
+    initialising through ``__call__`` (Flax derives each parameter's key from
+    its module path, not from the order of the calls; tests/test_model.py),
+    traced in a fraction of the time (the shapes model's
+    ``variables_template``: 1.3-1.7 s against 3.3-3.5 s). The compilation of
+    the initialisation is no shorter (about 12 s for the shapes model on 2
+    cores): XLA drops the unused forward work either way, and what remains
+    is each parameter's random draw."""
+    check_inputs(images, image_sizes)
+    canvas = tuple(images.shape[1:3])
+    feats = self.features(images)
+    self.rpn_outputs(feats)
+    whole = jnp.asarray([0.0, 0.0, canvas[1], canvas[0]], jnp.float32)
+    rois = jnp.broadcast_to(whole, (images.shape[0], 1, 4))
+    self.box_outputs(feats, rois, canvas)
+    for head in self.instance_heads():
+      head(feats, rois, canvas)
+    return None
+
   # ---- training --------------------------------------------------------------
 
   def num_mask_slots(self, batch_size: int) -> int:
