@@ -245,6 +245,28 @@ def test_eval_pipeline_pads_the_last_batch():
   assert np.all(batch["image"][1, 1] == 0)
 
 
+def test_evaluation_input_without_mask_targets_is_the_same_otherwise():
+  """``gt_masks=False`` (the evaluation's input: ``datasets.eval_iterator``)
+  leaves out ``gt_masks`` and changes nothing else; masks of the wrong size,
+  which the mask targets refuse, show that the masks are never read."""
+  examples = [_example(50, 70, [(5, 5, 30, 30)], seed=1),
+              _example(40, 40, [(0, 0, 40, 40), (10, 10, 20, 20)], seed=3)]
+  kwargs = dict(train=False, batch_dims=(2,), drop_remainder=False, seed=0, **SIZES)
+  full, = pipeline.numpy_batches(pipeline.make_pipeline(_generator_ds(examples), **kwargs))
+  lean, = pipeline.numpy_batches(pipeline.make_pipeline(_generator_ds(examples),
+                                                        gt_masks=False, **kwargs))
+  assert set(full) - set(lean) == {"gt_masks"} and set(lean) < set(full)
+  for k in lean:
+    np.testing.assert_array_equal(lean[k], full[k], err_msg=k)
+  broken = [dict(ex, objects=dict(ex["objects"], mask=np.ones(
+      (len(ex["objects"]["label"]), 1, 1, 1), np.uint8))) for ex in examples]
+  with pytest.raises(tf.errors.InvalidArgumentError):  # reading them fails
+    list(pipeline.numpy_batches(pipeline.make_pipeline(_generator_ds(broken), **kwargs)))
+  again, = pipeline.numpy_batches(pipeline.make_pipeline(_generator_ds(broken),
+                                                         gt_masks=False, **kwargs))
+  np.testing.assert_array_equal(again["gt_boxes"], full["gt_boxes"])
+
+
 def test_training_draws_min_sizes_evaluation_uses_eval_min_size():
   examples = [_example(50 + 7 * i, 70, [(5, 5, 30, 30)], seed=i)
               for i in range(8)]

@@ -233,7 +233,8 @@ def _keypoint_options(config, info=None) -> dict:
 
 def _pipeline(config, ds, *, train: bool, batch_dims: Sequence[int],
               start: StreamPosition | None = None, epoch_size: int | None = None,
-              drop_remainder: bool = True, shard: tuple[int, int] = (0, 1)):
+              drop_remainder: bool = True, shard: tuple[int, int] = (0, 1),
+              gt_masks: bool = True):
   d = config.data
   # Sizes, canvases, mean/std: the one InputSpec of the config (validated).
   spec = InputSpec.from_config(d)
@@ -242,7 +243,8 @@ def _pipeline(config, ds, *, train: bool, batch_dims: Sequence[int],
       max_instances=d.max_instances, gt_mask_size=d.gt_mask_size,
       flip_prob=d.flip_prob if train else 0.0, seed=config.seed,
       shuffle_buffer=d.shuffle_buffer, repeat=train, start=start, epoch_size=epoch_size,
-      drop_remainder=drop_remainder, shard=shard, **_keypoint_options(config))
+      drop_remainder=drop_remainder, shard=shard, gt_masks=gt_masks,
+      **_keypoint_options(config))
 
 
 def _load(config, split: str, train: bool):
@@ -288,11 +290,13 @@ def eval_iterator(config, batch_dims: Sequence[int],
                   shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
   """One pass over the validation split (or its ``shard``, (index,
   count)); the last batch (of each canvas) is padded with examples whose
-  ``image_id`` is -1."""
+  ``image_id`` is -1. Without mask targets (``gt_masks``; the evaluation
+  scores against the split's annotations), so no mask is decoded."""
   _check(config)
   ds = _load(config, "validation", train=False)
   return pipeline.numpy_batches(_pipeline(config, ds, train=False, batch_dims=batch_dims,
-                                          drop_remainder=False, shard=shard))
+                                          drop_remainder=False, shard=shard,
+                                          gt_masks=False))
 
 
 def eval_coco_gt(config) -> dict | str:

@@ -52,7 +52,8 @@ Output: one dict per batch (numpy through :func:`numpy_batches`):
 ``gt_labels``      int32 [..., N]  1..K, 0 for padding
 ``gt_valid``       bool [..., N]   True for real objects (a prefix of N)
 ``gt_masks``       float32         [..., N, S, S] in [0, 1], the object's mask
-                                   cropped to its box; 0 for padding
+                                   cropped to its box; 0 for padding (not in
+                                   the evaluation's input: ``gt_masks=False``)
 ``num_dropped``    int32 [...]     objects dropped for exceeding N (smallest
                                    areas go first)
 ``num_invalid``    int32 [...]     objects dropped for a zero-area box (after
@@ -299,8 +300,8 @@ def _resize_flip_keypoints(kp, ratio_x, ratio_y, new_w, flip, flip_map):
 def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
                        min_size=None, max_instances: int,
                        gt_mask_size: int, num_keypoints: int = 0,
-                       keypoint_flip_map: Sequence[int] | None = None
-                       ) -> dict[str, Any]:
+                       keypoint_flip_map: Sequence[int] | None = None,
+                       gt_masks: bool = True) -> dict[str, Any]:
   """One example in the input layout -> one unbatched output dict.
 
   Works eagerly and inside ``tf.data`` (graph mode). ``flip`` (Python bool or
@@ -311,7 +312,9 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
   ``[None, None, 3]``. See the module docstring for the input and output
   layouts; boxes are ``xyxy`` in pixels of the resized image. With
   ``num_keypoints`` K > 0, ``gt_keypoints`` too (``keypoint_flip_map``, a
-  permutation of range(K), is required then).
+  permutation of range(K), is required then). ``gt_masks`` False: no mask
+  targets (no ``gt_masks`` in the output, and no mask is decoded), for an
+  evaluation, whose ground truth comes from the dataset's annotations.
   """
   _check_fields(example)
   if num_keypoints and (keypoint_flip_map is None
@@ -359,13 +362,14 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
   keep = tf.sort(tf.gather(valid_idx, top))
   boxes = tf.gather(boxes, keep)
   labels = tf.gather(labels, keep)
-  masks = _gather_masks(objects["mask"], keep, height, width)
   if num_keypoints:
     keypoints = _keypoints(objects, keep, num_keypoints)
 
   # --- Mask targets from the full-resolution masks, before the resize. ----
-  gt_masks = crop_masks_to_boxes(masks, boxes, gt_mask_size)
-  gt_masks = tf.where(flip, tf.reverse(gt_masks, axis=[2]), gt_masks)
+  if gt_masks:
+    masks = _gather_masks(objects["mask"], keep, height, width)
+    mask_targets = crop_masks_to_boxes(masks, boxes, gt_mask_size)
+    mask_targets = tf.where(flip, tf.reverse(mask_targets, axis=[2]), mask_targets)
 
   # --- Resize the image; boxes follow the per-axis size ratio. ------------
   new_h, new_w, scale = resized_size(height, width, min_size, spec.max_size)
@@ -406,11 +410,14 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
       "gt_boxes": tf.pad(boxes, [[0, pad_n], [0, 0]]),
       "gt_labels": tf.pad(labels, [[0, pad_n]]),
       "gt_valid": tf.range(max_instances) < k,
-      "gt_masks": tf.pad(gt_masks, [[0, pad_n], [0, 0], [0, 0]]),
       "num_dropped": num_dropped,
       "num_invalid": num_invalid,
       "num_crowd": num_crowd,
   }
+  if gt_masks:
+    out["gt_masks"] = tf.ensure_shape(
+        tf.pad(mask_targets, [[0, pad_n], [0, 0], [0, 0]]),
+        [max_instances, gt_mask_size, gt_mask_size])
   if num_keypoints:
     keypoints = _resize_flip_keypoints(
         keypoints, new_wf / wf, new_hf / hf, new_wf, flip,
@@ -420,8 +427,6 @@ def preprocess_example(example: dict[str, Any], *, spec: InputSpec, flip,
         [max_instances, num_keypoints, 3])
   out["gt_boxes"] = tf.ensure_shape(out["gt_boxes"], [max_instances, 4])
   out["gt_labels"] = tf.ensure_shape(out["gt_labels"], [max_instances])
-  out["gt_masks"] = tf.ensure_shape(
-      out["gt_masks"], [max_instances, gt_mask_size, gt_mask_size])
   return out
 
 
@@ -535,7 +540,7 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
                   num_parallel_calls: int | None = None,
                   num_keypoints: int = 0,
                   keypoint_flip_map: Sequence[int] | None = None,
-                  shard: tuple[int, int] = (0, 1)
+                  shard: tuple[int, int] = (0, 1), gt_masks: bool = True
                   ) -> tf.data.Dataset:
   """Examples -> batches of static shape with leading dims `batch_dims`.
 
@@ -576,6 +581,8 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
       the index-th on (one process's share of the input, before the
       shuffle; see :func:`shard_seed`). `epoch_size` stays the whole
       split's; stream indices and `start` then count this shard's stream.
+    gt_masks: False leaves the mask targets out (no ``gt_masks``; no mask
+      is decoded): an evaluation needs none.
 
   Returns:
     A ``tf.data.Dataset`` of batch dicts (module docstring), deterministic
@@ -641,7 +648,8 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
     out = preprocess_example(
         example, spec=spec, flip=flip, min_size=size,
         max_instances=max_instances, gt_mask_size=gt_mask_size,
-        num_keypoints=num_keypoints, keypoint_flip_map=keypoint_flip_map)
+        num_keypoints=num_keypoints, keypoint_flip_map=keypoint_flip_map,
+        gt_masks=gt_masks)
     return dict(out, stream_index=index)
 
   ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
