@@ -22,6 +22,7 @@ CASES = [  # (n, h, w, c, d, k, stride, groups)
     (3, 8, 10, 4, 3, 3, 1, 1),
     (2, 9, 11, 4, 5, 3, 2, 1),
     (1, 13, 12, 3, 4, 7, 2, 1),
+    (2, 13, 12, 3, 32, 7, 2, 1),  # an RGB stem: padded to 4 channels on the CPU
     (2, 8, 8, 6, 4, 3, 1, 2),
 ]
 
@@ -69,6 +70,18 @@ def test_auto_uses_matrix_products_only_for_large_outputs_on_cpu(monkeypatch):
   assert calls == ([big.shape] if jax.default_backend() == "cpu" else [])
 
 
+def test_rgb_input_is_padded_to_four_channels_only_where_measured_faster(monkeypatch):
+  seen = []
+  monkeypatch.setattr(conv_ops, "_xla_conv",
+                      lambda x, k, *a: seen.append((x.shape[-1], k.shape[2])) or x)
+  for d in (16, 24, 32, 63, 64):
+    conv_ops.conv2d(jnp.zeros((1, 8, 8, 3)), jnp.zeros((7, 7, 3, d)), stride=2,
+                    padding=((3, 3), (3, 3)))
+  conv_ops.conv2d(jnp.zeros((1, 8, 8, 3)), jnp.zeros((7, 7, 3, 32)), kernel_grad="xla")
+  padded = (4, 4) if jax.default_backend() == "cpu" else (3, 3)
+  assert seen == [(3, 3), padded, padded, padded, (3, 3), (3, 3)]
+
+
 def test_bad_mode_is_an_error():
   with pytest.raises(ValueError, match="kernel_grad"):
     conv_ops.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 1, 1, 1)), kernel_grad="fast")
@@ -88,3 +101,19 @@ def test_conv_module_equals_flax_conv(k, stride, groups, bias):
   assert jax.tree.map(jnp.shape, v1) == jax.tree.map(jnp.shape, v2)
   np.testing.assert_array_equal(v1["params"]["kernel"], v2["params"]["kernel"])
   np.testing.assert_allclose(ours.apply(v1, x), theirs.apply(v1, x), rtol=1e-5, atol=1e-5)
+
+
+def test_bench_conv_script_times_both_forms_with_equal_values(capsys):
+  import importlib.util
+  import json
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench_conv.py")
+  spec = importlib.util.spec_from_file_location("bench_conv", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  bench.main(["--shape", "1x16x16x3", "--out-channels", "16,32", "--runs", "1", "--backward"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["out_channels"] for r in rows] == [16, 32]
+  for r in rows:
+    assert r["max_abs_diff"] < 1e-5
+    assert r["xla_forward_ms"] > 0 and r["mrcnn_jax_kernel_grad_ms"] > 0
