@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The stem (7x7 conv, GroupNorm) stays at its random initialisation: its
   # backward at 128x128 was about a tenth of the step on 2 CPU cores, and
   # 600 steps without it reached bbox / segm AP 71.2 / 67.8 against 71.2 /
-  # 67.0 with it (README "Measured", 2026-11-30). use_sgd trains it again.
+  # 67.0 with it, and 71.3 / 68.9 with the padded RGB input of ops/conv.py
+  # (README "Measured", 2026-11-30). use_sgd trains it again.
   m.backbone.freeze_at = 1
   m.fpn.channels = 64
   m.rpn.anchor_sizes = ((16,), (32,), (64,), (128,), (256,))
