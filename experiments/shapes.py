@@ -92,9 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
 
 def use_sgd(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The shapes recipe before AdamW (SGD, momentum 0.9, lr 0.04, weight
-  decay 1e-4, lr / 10 at steps 700 and 850 of 900, the stem trained), which the configs built
-  on this one (tests' tiny model, the ablations, the keypoint experiment)
-  were tuned and measured with."""
+  decay 1e-4, lr / 10 at steps 700 and 850 of 900, the stem trained), which
+  the configs built on this one (tests' tiny model, the ablations, the
+  keypoint experiment) were tuned and measured with."""
   config.total_steps = 900
   config.model.backbone.freeze_at = 0
   o = config.optimizer

@@ -273,3 +273,22 @@ def test_replicate_compiles_nothing_and_the_next_step_reuses_the_program():
   np.testing.assert_array_equal(back["w"], np.arange(6.0).reshape(2, 3) + 2)
   assert int(back["n"]) == 2
   assert all(x.shape[0] == 2 for x in jax.tree.leaves(rep))
+
+
+def test_the_training_input_is_closed_in_a_thread_that_is_joined_at_exit():
+  closed = []
+
+  def batches():
+    try:
+      yield {}
+      yield {}
+    finally:
+      closed.append(True)
+
+  it = batches()
+  next(it)
+  thread = train.close_in_background(it)
+  assert thread is not None and not thread.daemon
+  thread.join(10)
+  assert closed == [True]
+  assert train.close_in_background(iter([{}])) is None  # nothing to close
