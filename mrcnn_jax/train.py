@@ -405,11 +405,11 @@ def train_batches(config, start: StreamPosition | None = None) -> Iterator[dict]
 
 def close_in_background(batches) -> threading.Thread | None:
   """Closes the training input (a generator over a tf.data iterator) in a
-  thread and returns it. Tearing the iterator down took 20-57 s at the end
-  of three of six 600-step shapes runs (py-spy: the main thread inside
-  ``pipeline.numpy_batches`` while the generator closed, after the last
-  step; under a second in the others); the evaluation after training need
-  not wait for it. The thread is not a daemon: Python joins it before the
+  thread and returns it. In three of nine 500- and 600-step shapes runs
+  about 55 s passed between the last step and the evaluation's first batch,
+  the main thread inside ``pipeline.numpy_batches`` while the generator
+  closed (py-spy); in the others a second or two. The cause was not found;
+  the evaluation after training need not wait for it. The thread is not a daemon: Python joins it before the
   process exits."""
   close = getattr(batches, "close", None)
   if close is None:
