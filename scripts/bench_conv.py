@@ -12,29 +12,25 @@ What it measured is in README.md (Speed: "RGB input padded to four channels").
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_SCRIPTS, os.path.dirname(_SCRIPTS)]  # bench_common, mrcnn_jax
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
+from bench_common import jax_device_description, median_seconds, print_json_line  # noqa: E402
 from mrcnn_jax.ops import conv as conv_ops  # noqa: E402
 
 
 def median_ms(fn, runs: int) -> float:
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return round(float(np.median(times)) * 1e3, 2)
+  """Median milliseconds of ``fn`` after one call that compiles it."""
+  med, _ = median_seconds(lambda: jax.block_until_ready(fn()), runs)
+  return round(med * 1e3, 2)
 
 
 def main(argv=None) -> None:
@@ -59,7 +55,7 @@ def main(argv=None) -> None:
         "mrcnn_jax": lambda x, kern: conv_ops.conv2d(x, kern, stride=s, padding=pad),
     }
     row = {"input": args.shape, "kernel": k, "stride": s, "out_channels": d,
-           "device": jax.devices()[0].device_kind}
+           "device": jax_device_description()}
     outs = {}
     for name, f in forms.items():
       fwd = jax.jit(f)
@@ -69,7 +65,7 @@ def main(argv=None) -> None:
         dk = jax.jit(jax.grad(lambda kern, x, f=f: f(x, kern).sum()))
         row[f"{name}_kernel_grad_ms"] = median_ms(lambda: dk(kern, x), args.runs)
     row["max_abs_diff"] = float(jnp.abs(outs["xla"] - outs["mrcnn_jax"]).max())
-    print(json.dumps(row), flush=True)
+    print_json_line(row)
 
 
 if __name__ == "__main__":
