@@ -409,8 +409,8 @@ def close_in_background(batches) -> threading.Thread | None:
   about 55 s passed between the last step and the evaluation's first batch,
   the main thread inside ``pipeline.numpy_batches`` while the generator
   closed (py-spy); in the others a second or two. The cause was not found;
-  the evaluation after training need not wait for it. The thread is not a daemon: Python joins it before the
-  process exits."""
+  the evaluation after training need not wait for it. The thread is not a
+  daemon: Python joins it before the process exits."""
   close = getattr(batches, "close", None)
   if close is None:
     return None

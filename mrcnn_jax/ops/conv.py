@@ -31,8 +31,9 @@ Why this exists (measured on a 2-core x86 CPU, float32; see
   padded channel (1 x 800 x 1088: 249 / 99 / 41 ms against 21 / 22 / 30 ms;
   ``scripts/bench_conv.py``). For 8, 16, 64 and 128 output channels XLA's
   routine is fast already (8.5 / 7.2 / 8.6 / 20.8 ms), so the input is
-  padded only for ``PAD_RGB_OUTPUT_CHANNELS`` on the CPU backend. The zero channel adds
-  exact zeros to the same terms; only the summation order may change.
+  padded only for ``PAD_RGB_OUTPUT_CHANNELS`` on the CPU backend. The zero
+  channel adds exact zeros to the same terms; only the summation order may
+  change.
 
 Results equal ``lax.conv_general_dilated`` and its autodiff gradients up to
 float32 summation order (tests/test_conv.py checks values and gradients for
@@ -140,16 +141,16 @@ def conv2d(x, kernel, *, stride: int = 1, padding: Sequence[tuple[int, int]] = (
     raise ValueError(f"kernel_grad must be 'auto', 'xla' or 'shifted', got {kernel_grad!r}")
   padding = tuple((int(p[0]), int(p[1])) for p in padding)
   kh, kw = kernel.shape[:2]
-  if (kernel_grad == "auto" and groups == 1 and x.shape[-1] == 3
-      and kernel.shape[-1] in PAD_RGB_OUTPUT_CHANNELS and jax.default_backend() == "cpu"):
-    # One zero input channel: a much faster routine (module docstring).
-    x = jnp.pad(x, ((0, 0),) * 3 + ((0, 1),))
-    kernel = jnp.pad(kernel, ((0, 0),) * 2 + ((0, 1), (0, 0)))
   if groups != 1 or kernel_grad == "xla":
     return _xla_conv(x, kernel, stride, padding, groups)
   if (kh, kw) == (1, 1) and padding == ((0, 0), (0, 0)):
     return _conv1x1(x, kernel, stride)
   if kernel_grad == "auto":
+    if (x.shape[-1] == 3 and kernel.shape[-1] in PAD_RGB_OUTPUT_CHANNELS
+        and jax.default_backend() == "cpu"):
+      # One zero input channel: a much faster routine (module docstring).
+      return _xla_conv(jnp.pad(x, ((0, 0),) * 3 + ((0, 1),)),
+                       jnp.pad(kernel, ((0, 0),) * 2 + ((0, 1), (0, 0))), stride, padding, 1)
     ho = _out_size(x.shape[1], kh, stride, padding[0])
     wo = _out_size(x.shape[2], kw, stride, padding[1])
     if (jax.default_backend() != "cpu" or x.shape[0] * ho * wo < SHIFTED_MIN_PIXELS
