@@ -27,7 +27,7 @@ CASES = [  # (n, h, w, c, d, k, stride, groups)
 ]
 
 
-@pytest.mark.parametrize("mode", ["auto", "xla", "shifted"])
+@pytest.mark.parametrize("mode", ["auto", "xla", "shifted", "tiled"])
 @pytest.mark.parametrize("n,h,w,c,d,k,stride,groups", CASES)
 def test_values_and_gradients_match_lax(mode, n, h, w, c, d, k, stride, groups):
   rng = np.random.default_rng(0)
@@ -45,12 +45,15 @@ def test_values_and_gradients_match_lax(mode, n, h, w, c, d, k, stride, groups):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_shifted_kernel_gradient_under_jit_and_bf16():
+@pytest.mark.parametrize("mode", ["shifted", "tiled"])
+def test_kernel_gradient_forms_under_jit_and_bf16(mode):
+  # 40 x 40 outputs: two tiles per image for the tiled form, whose tiles are
+  # summed in float32.
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, 16, 16, 8)), jnp.bfloat16)
+  x = jnp.asarray(rng.normal(size=(2, 40, 40, 8)), jnp.bfloat16)
   kern = jnp.asarray(rng.normal(size=(3, 3, 8, 4)), jnp.bfloat16)
   f = jax.jit(jax.grad(lambda k: conv_ops.conv2d(x, k, padding=((1, 1), (1, 1)),
-                                                 kernel_grad="shifted").astype(jnp.float32).sum()))
+                                                 kernel_grad=mode).astype(jnp.float32).sum()))
   g = f(kern)
   assert g.dtype == jnp.bfloat16
   ref = jax.grad(lambda k: reference(x.astype(jnp.float32), k, 1, 1).sum())(
@@ -68,6 +71,53 @@ def test_auto_uses_matrix_products_only_for_large_outputs_on_cpu(monkeypatch):
   for x in (small, narrow, big):
     conv_ops.conv2d(x, jnp.zeros((3, 3, x.shape[-1], 2)), padding=((1, 1), (1, 1)))
   assert calls == ([big.shape] if jax.default_backend() == "cpu" else [])
+
+
+@pytest.mark.parametrize("n,h,w,c,d,k,stride", [
+    (2, 11, 9, 3, 4, 3, 1),  # tiles of 4 x 4 with ragged right and bottom edges
+    (3, 13, 10, 2, 5, 3, 2),  # strided: each tile reads its own input window
+    (1, 15, 14, 3, 2, 7, 2),  # a 7 x 7 stem-like kernel
+    (7, 2, 2, 4, 3, 3, 1),  # RoI-like: whole images grouped, 4 a tile
+])
+@pytest.mark.parametrize("mode", ["auto", "tiled"])
+def test_tiled_kernel_gradient_over_many_tiles_matches_lax(monkeypatch, mode, n, h, w, c, d, k,
+                                                           stride):
+  monkeypatch.setattr(conv_ops, "TILE", 4)
+  monkeypatch.setattr(conv_ops, "TILE_PIXELS", 16)
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
+  kern = jnp.asarray(rng.normal(size=(k, k, c, d)), jnp.float32)
+  pad = k // 2
+  calls = []
+  tiled = conv_ops._conv_tiled_grad
+  monkeypatch.setattr(conv_ops, "_conv_tiled_grad", lambda *a: calls.append(1) or tiled(*a))
+  ours = jax.jit(lambda x, kern: conv_ops.conv2d(x, kern, stride=stride,
+                                                 padding=((pad, pad),) * 2, kernel_grad=mode))
+  ref = lambda x, kern: reference(x, kern, stride, pad)
+  y = ref(x, kern)
+  ho, wo = y.shape[1:3]
+  assert len(conv_ops.output_tiles(n, ho, wo)) > 1
+  dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  g_ours = jax.vjp(ours, x, kern)[1](dy)
+  g_ref = jax.vjp(ref, x, kern)[1](dy)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  used = mode == "tiled" or jax.default_backend() == "cpu"
+  assert bool(calls) == used
+
+
+def test_output_tiles_cover_every_output_pixel_once():
+  for n, ho, wo, tile, pixels in [(2, 70, 45, 32, 1024), (5, 14, 14, 32, 1024),
+                                  (3, 7, 9, 4, 16), (1, 1, 1, 32, 1024), (4, 32, 32, 32, 1024)]:
+    count = np.zeros((n, ho, wo), int)
+    tiles = conv_ops.output_tiles(n, ho, wo, tile, pixels)
+    for imgs, rows, cols in tiles:
+      count[imgs, rows, cols] += 1
+      size = (imgs.stop - imgs.start) * (rows.stop - rows.start) * (cols.stop - cols.start)
+      assert size <= max(pixels, tile * tile)
+    assert (count == 1).all()
+  assert len(conv_ops.output_tiles(4, 32, 32, 32, 1024)) == 4  # one image a tile
+  assert len(conv_ops.output_tiles(32, 14, 14, 32, 1024)) == 7  # 5 RoIs a tile
 
 
 def test_rgb_input_is_padded_to_four_channels_only_where_measured_faster(monkeypatch):
