@@ -437,6 +437,19 @@ def parse_args(argv):
   return args
 
 
+def drop_option(argv: list[str], name: str) -> list[str]:
+  """``argv`` without ``name VALUE`` and ``name=VALUE``."""
+  out, skip = [], False
+  for a in argv:
+    if skip:
+      skip = False
+    elif a == name:
+      skip = True
+    elif not a.startswith(name + "="):
+      out.append(a)
+  return out
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
@@ -445,12 +458,11 @@ def main(argv=None) -> int:
     print_json_line(result, args.out, append=True)
     return 0
   # both: one child process per framework, the same arguments otherwise
-  rest = [a for a in argv if not a.startswith("--framework")]
+  rest = drop_option(argv, "--framework")
   results = []
   for fw in ("jax", "torch"):
     # The children write no --out of their own: the summary below holds both.
-    child = [a for i, a in enumerate(rest)
-             if not a.startswith("--out") and not (i and rest[i - 1] == "--out")]
+    child = drop_option(rest, "--out")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--framework", fw] + child,
                           stdout=subprocess.PIPE, text=True)
     if proc.returncode:  # say so and still run the other framework

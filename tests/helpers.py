@@ -48,3 +48,19 @@ def synthetic_batch(rng, batch_dims=(2,), canvas=(64, 64), max_instances=4, mask
            "image_id": np.arange(1, b + 1, dtype=np.int32),
            "orig_size": np.tile(np.asarray(canvas, np.int32), (b, 1))}
   return {k: v.reshape(tuple(batch_dims) + v.shape[1:]) for k, v in batch.items()}
+
+
+def load_script(name: str):
+  """``scripts/<name>.py`` imported as a module (the scripts are not a package;
+  their directory joins ``sys.path``, as when run, for ``bench_common``)."""
+  import importlib.util
+  import os
+  import sys
+  scripts = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "scripts"))
+  if scripts not in sys.path:
+    sys.path.insert(0, scripts)
+  path = os.path.join(scripts, f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -8,6 +8,7 @@ import pytest
 
 from mrcnn_jax.model.layers import Conv
 from mrcnn_jax.ops import conv as conv_ops
+from helpers import load_script
 
 
 def reference(x, k, stride, pad, groups=1):
@@ -154,13 +155,8 @@ def test_conv_module_equals_flax_conv(k, stride, groups, bias):
 
 
 def test_bench_conv_script_times_both_forms_with_equal_values(capsys):
-  import importlib.util
   import json
-  import os
-  path = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench_conv.py")
-  spec = importlib.util.spec_from_file_location("bench_conv", path)
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = load_script("bench_conv")
   bench.main(["--shape", "1x16x16x3", "--out-channels", "16,32", "--runs", "1", "--backward"])
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r["out_channels"] for r in rows] == [16, 32]
