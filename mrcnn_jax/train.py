@@ -408,9 +408,11 @@ def close_in_background(batches) -> threading.Thread | None:
   thread and returns it. In three of nine 500- and 600-step shapes runs
   about 55 s passed between the last step and the evaluation's first batch,
   the main thread inside ``pipeline.numpy_batches`` while the generator
-  closed (py-spy); in the others a second or two. The cause was not found;
-  the evaluation after training need not wait for it. The thread is not a
-  daemon: Python joins it before the process exits."""
+  closed (py-spy); in the others a second or two. Native stacks later put
+  the wait in the tf.data iterator's destructor, joining its autotuning
+  thread, which ``pipeline.make_pipeline`` no longer starts; the evaluation
+  after training need not wait for whatever else a teardown takes. The
+  thread is not a daemon: Python joins it before the process exits."""
   close = getattr(batches, "close", None)
   if close is None:
     return None

@@ -61,6 +61,9 @@ def test_batch_contract(data_dir):
   ds = shapes.load_shapes("train", data_dir, **TINY)
   batches = pipeline.make_pipeline(ds, train=True, batch_dims=(2, 2), seed=0,
                                    **SIZES)
+  # Deterministic order, and no autotuning thread for the teardown to join.
+  assert batches.options().deterministic
+  assert batches.options().autotune.enabled is False
   batch = next(pipeline.numpy_batches(batches))
   n, s = SIZES["max_instances"], SIZES["gt_mask_size"]
   expected = {

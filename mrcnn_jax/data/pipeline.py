@@ -611,9 +611,6 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
   parallel = tf.data.AUTOTUNE if num_parallel_calls is None else (
       num_parallel_calls)
 
-  options = tf.data.Options()
-  options.deterministic = True
-  ds = ds.with_options(options)
   index, count = (int(x) for x in shard)
   if not 0 <= index < count:
     raise ValueError(f"make_pipeline: shard {shard} is not (index, count) with "
@@ -697,6 +694,19 @@ def make_pipeline(ds: tf.data.Dataset, *, spec: InputSpec, train: bool,
   ds = ds.map(reshape)
   if prefetch:
     ds = ds.prefetch(prefetch)
+  # Options on the final dataset: those of `ds` above do not reach the
+  # root through the per-epoch flat_map of _indexed_stream.
+  options = tf.data.Options()
+  options.deterministic = True
+  # No autotuning: its optimisation thread belongs to the iterator, whose
+  # teardown joins it. At the end of a main job py-spy's native stacks had
+  # the training and then the evaluation input waiting there (in
+  # RootDataset::Iterator's destructor) for 5-16 s, and the waits of about
+  # 55 s in three of nine earlier runs were in the same Python call. Without
+  # it tf.data runs an AUTOTUNE map or batch with one call per core (at
+  # most 16), and the prefetch buffer stays `prefetch` batches.
+  options.autotune.enabled = False
+  ds = ds.with_options(options)
   return ds
 
 
