@@ -116,15 +116,20 @@ def _conv_shifted_grad(x, kernel, stride: int, padding):
   return _xla_conv(x, kernel, stride, padding, 1)
 
 
-def _conv_shifted_grad_fwd(x, kernel, stride, padding):
+def _conv_fwd_keep_inputs(x, kernel, stride, padding):
+  """The forward of both custom-gradient forms: XLA's, keeping x and kernel."""
   return _xla_conv(x, kernel, stride, padding, 1), (x, kernel)
+
+
+def _xla_input_grad(x, kernel, stride, padding, dy):
+  """XLA's own input gradient (a transposed convolution, as fast as the
+  forward). jax.vjp also traces a forward pass, which XLA removes as dead."""
+  return jax.vjp(lambda v: _xla_conv(v, kernel, stride, padding, 1), x)[1](dy)[0]
 
 
 def _conv_shifted_grad_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
-  # Input gradient: XLA's own (a transposed convolution, as fast as the
-  # forward). jax.vjp also traces a forward pass, which XLA removes as dead.
-  dx = jax.vjp(lambda v: _xla_conv(v, kernel, stride, padding, 1), x)[1](dy)[0]
+  dx = _xla_input_grad(x, kernel, stride, padding, dy)
   kh, kw, c, d = kernel.shape
   dy_flat = dy.reshape(-1, d)
   taps = [jnp.matmul(tap.T, dy_flat) for _, tap in
@@ -133,7 +138,7 @@ def _conv_shifted_grad_bwd(stride, padding, residuals, dy):
   return dx, dk
 
 
-_conv_shifted_grad.defvjp(_conv_shifted_grad_fwd, _conv_shifted_grad_bwd)
+_conv_shifted_grad.defvjp(_conv_fwd_keep_inputs, _conv_shifted_grad_bwd)
 
 
 def output_tiles(n: int, ho: int, wo: int, tile: int | None = None,
@@ -159,7 +164,7 @@ def _conv_tiled_grad(x, kernel, stride: int, padding):
 
 def _conv_tiled_grad_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
-  dx = jax.vjp(lambda v: _xla_conv(v, kernel, stride, padding, 1), x)[1](dy)[0]
+  dx = _xla_input_grad(x, kernel, stride, padding, dy)
   (pt, pb), (pl, pr) = padding
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   kh, kw = kernel.shape[:2]
@@ -175,7 +180,7 @@ def _conv_tiled_grad_bwd(stride, padding, residuals, dy):
   return dx, dk.astype(kernel.dtype)
 
 
-_conv_tiled_grad.defvjp(_conv_shifted_grad_fwd, _conv_tiled_grad_bwd)
+_conv_tiled_grad.defvjp(_conv_fwd_keep_inputs, _conv_tiled_grad_bwd)
 
 
 def _out_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
