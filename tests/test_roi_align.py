@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrcnn_jax.ops.roi_align import assign_levels, multilevel_roi_align, roi_align
+from mrcnn_jax.ops.roi_align import (assign_levels, multilevel_roi_align, roi_align,
+                                     weighted_gather)
 
 
 def arange_map():
@@ -109,3 +110,32 @@ def test_bfloat16_features():
   out = roi_align(f, jnp.array([[0.0, 0.0, 5.0, 5.0]]), 1, sampling_ratio=1)
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(float(out[0, 0, 0, 0]), 15.0, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_weighted_gather_equals_gather_then_sum(dtype):
+  """The fused pooling step against the plain gather-and-contract it replaces:
+  values and both gradients, with repeated indices (the scatter-add case)."""
+  rng = np.random.default_rng(0)
+  flat = jnp.asarray(rng.standard_normal((30, 5)), dtype)
+  idx = jnp.asarray(rng.integers(0, 30, (3, 2, 2, 8)), jnp.int32)
+  idx = idx.at[0, 0, 0, :4].set(7)  # one row read four times by one bin
+  w = jnp.asarray(rng.random((3, 2, 2, 8)), jnp.float32)
+  cot = jnp.asarray(rng.standard_normal((3, 2, 2, 5)), jnp.float32)
+
+  def plain(f, w):
+    return jnp.einsum("...kc,...k->...c", f[idx].astype(jnp.float32), w).astype(f.dtype)
+
+  out = weighted_gather(flat, idx, w)
+  assert out.dtype == dtype and out.shape == (3, 2, 2, 5)
+  tol = 1e-6 if dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(np.asarray(out, np.float32),
+                             np.asarray(plain(flat, w), np.float32), rtol=tol, atol=tol)
+  loss = lambda fn: lambda f, w: jnp.sum(fn(f, w).astype(jnp.float32) * cot)
+  got = jax.grad(loss(lambda f, w: weighted_gather(f, idx, w)), argnums=(0, 1))(flat, w)
+  want = jax.grad(loss(plain), argnums=(0, 1))(flat, w)
+  for g, r in zip(got, want):
+    assert g.dtype == r.dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32),
+                               rtol=tol, atol=tol)
+  assert float(jnp.abs(got[0][7]).sum()) > 0  # the repeated row got its sum

@@ -96,21 +96,24 @@ def quantize_to_grid(boxes, spatial_scale):
   return round_half_away(jnp.asarray(boxes, jnp.float32) * spatial_scale)
 
 
-def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
-               out_w: int, sampling_ratio: int, aligned: bool, quantize: bool = False):
-  """RoIAlign of one box on one (flattened) feature map.
+def _sample_points(offset, height, width, box, spatial_scale, out_h: int, out_w: int,
+                   sampling_ratio: int, aligned: bool, quantize: bool = False):
+  """Where RoIAlign of one box reads a (flattened) feature map, and how much.
 
   Args:
-    flat: [S, C] features; this RoI's map occupies rows
-      ``offset .. offset + height * width`` in row-major (y, x) order.
-    offset, height, width: scalars (may be traced) locating the map.
+    offset, height, width: scalars (may be traced) locating the box's map:
+      rows ``offset .. offset + height * width`` of a flat [S, C] array in
+      row-major (y, x) order.
     box: [4] xyxy in input pixels.
     spatial_scale: scalar, feature pixels per input pixel.
     quantize: RoIWarp: the box's feature coordinates are first rounded to
       the grid (``quantize_to_grid``).
 
   Returns:
-    [out_h, out_w, C] in ``flat.dtype``.
+    (idx [out_h, out_w, K] int32 rows of the flat map, weights [out_h, out_w,
+    K] float32), K = 4 * sampling_ratio**2: a bin's value is the weighted
+    sum of its K rows (``weighted_gather``). The bin average is folded into
+    the weights.
   """
   box = box.astype(jnp.float32) * spatial_scale
   if quantize:
@@ -132,8 +135,6 @@ def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
   idx = offset + rows[:, :, None, None] + cols[None, None, :, :]  # [Py,2,Px,2]
   wy = jnp.stack([wy_lo, wy_hi], axis=1)  # [Py, 2]
   wx = jnp.stack([wx_lo, wx_hi], axis=1)  # [Px, 2]
-  # One weight per gathered vector, with the bin average folded in, so the
-  # reduction is a single weighted sum with channels innermost.
   sr = sampling_ratio
   w = (wy[:, :, None, None] * wx[None, None, :, :]) / (sr * sr)
 
@@ -141,9 +142,51 @@ def _align_one(flat, offset, height, width, box, spatial_scale, out_h: int,
     return a.reshape(out_h, sr, 2, out_w, sr, 2).transpose(0, 3, 1, 2, 4, 5).reshape(
         out_h, out_w, -1)
 
-  idx, w = by_bin(idx), by_bin(w)
-  gathered = flat[idx].astype(jnp.float32)  # [h, w, 4 sr^2, C]
-  return jnp.einsum("hwkc,hwk->hwc", gathered, w).astype(flat.dtype)
+  return by_bin(idx), by_bin(w)
+
+
+@jax.custom_vjp
+def weighted_gather(flat, idx, weights):
+  """out[..., c] = sum_k weights[..., k] * flat[idx[..., k], c], in float32,
+  returned in ``flat.dtype``; flat [S, C], idx and weights [..., K], every
+  index in [0, S). The pooling step of RoIAlign.
+
+  Written as K gathers of whole feature vectors, each multiplied and added
+  into the result, so XLA fuses the gathers into the sum and never stores
+  the [..., K, C] gathered vectors: for 1000 RoIs of 7 x 7 bins (K = 16,
+  C = 256, the box head) 20 ms against 310 ms for the gather followed by a
+  contraction, which writes and reads back 800 MB (2-core EPYC, XLA:CPU).
+  Its gradient is one scatter-add (``_weighted_gather_bwd``): autodiff of
+  the fused form would give K scatter-adds, about 3x slower.
+  """
+  acc = None
+  for k in range(idx.shape[-1]):
+    term = (jnp.take(flat, idx[..., k], axis=0, mode="clip").astype(jnp.float32)
+            * weights[..., k, None].astype(jnp.float32))
+    acc = term if acc is None else acc + term
+  return acc.astype(flat.dtype)
+
+
+def _weighted_gather_fwd(flat, idx, weights):
+  return weighted_gather(flat, idx, weights), (flat, idx, weights)
+
+
+def _weighted_gather_bwd(residuals, dy):
+  flat, idx, weights = residuals
+  dy = dy.astype(jnp.float32)
+  c = flat.shape[-1]
+  # d flat: each gathered row receives weight * dy, summed over repeats.
+  contrib = dy[..., None, :] * weights[..., None].astype(jnp.float32)  # [..., K, C]
+  dflat = jnp.zeros(flat.shape, jnp.float32).at[idx.reshape(-1)].add(
+      contrib.reshape(-1, c))
+  # d weights[..., k] = <dy, flat[idx[..., k]]> (unused by the models, whose
+  # RoIs carry no gradient; XLA drops it then).
+  dw = jnp.stack([(jnp.take(flat, idx[..., k], axis=0, mode="clip").astype(jnp.float32)
+                   * dy).sum(-1) for k in range(idx.shape[-1])], axis=-1)
+  return dflat.astype(flat.dtype), None, dw.astype(weights.dtype)
+
+
+weighted_gather.defvjp(_weighted_gather_fwd, _weighted_gather_bwd)
 
 
 def single_map_inputs(op: str, features, boxes):
@@ -187,9 +230,9 @@ def roi_align(features, boxes, output_size, *, spatial_scale: float = 1.0,
   out_h, out_w = _pair(output_size)
   h, w, c = features.shape
   flat = features.reshape(h * w, c)
-  fn = lambda b: _align_one(flat, 0, h, w, b, spatial_scale, out_h, out_w,
-                            sampling_ratio, aligned, quantize)
-  return jax.vmap(fn)(boxes)
+  fn = lambda b: _sample_points(0, h, w, b, spatial_scale, out_h, out_w,
+                                sampling_ratio, aligned, quantize)
+  return weighted_gather(flat, *jax.vmap(fn)(boxes))
 
 
 def roi_warp(features, boxes, output_size, *, spatial_scale: float = 1.0,
@@ -317,9 +360,9 @@ def multilevel_roi_align(features_per_level: Sequence, boxes, output_size, *,
                           canonical_scale=canonical_scale, canonical_level=canonical_level)
 
   def one_roi(box, lvl, img):
-    return _align_one(lay.flat, img * lay.per_image + lay.offsets[lvl], lay.heights[lvl],
-                      lay.widths[lvl], box, lay.scales[lvl], out_h, out_w, sampling_ratio,
-                      aligned, quantize)
+    return _sample_points(img * lay.per_image + lay.offsets[lvl], lay.heights[lvl],
+                          lay.widths[lvl], box, lay.scales[lvl], out_h, out_w, sampling_ratio,
+                          aligned, quantize)
 
-  out = jax.vmap(one_roi)(lay.boxes, lay.levels, lay.batch_index)
+  out = weighted_gather(lay.flat, *jax.vmap(one_roi)(lay.boxes, lay.levels, lay.batch_index))
   return out.reshape(lay.lead + out.shape[1:])
