@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.keypoint_on = True
   m.roi_heads.keypoint.num_keypoints = 17
   m.roi_heads.keypoint.rois_per_image = 64
+  m.roi_heads.keypoint.chunk = 16  # the filled slots only, as the mask head's
 
   d = config.data
   d.name = "coco_format"

@@ -34,6 +34,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   # training log); None gives every positive slot a mask. Inference is
   # unaffected.
   m.roi_heads.mask.rois_per_image = 64
+  # ... and only on the slots that hold a positive, 16 at a time
+  # (layers.apply_to_prefix): R50-FPN train step, batch 2 at 512x512, 4
+  # objects/image (14 positives in 128 slots), 2-core EPYC: 5.63 s against
+  # 9.23 s on every slot (scripts/benchmark_train.py). Measured on CPU only.
+  m.roi_heads.mask.chunk = 16
   return m
 
 

@@ -35,4 +35,5 @@ def get_config() -> ml_collections.ConfigDict:
   m.roi_heads.box.fc_dim = 1024
   m.roi_heads.box.norm = "bn"
   m.roi_heads.mask.norm = "bn"
+  m.roi_heads.mask.chunk = 0  # batch statistics need every slot at once
   return config

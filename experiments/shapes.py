@@ -49,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.roi_heads.mask.conv_dims = (64, 64)
   m.roi_heads.mask.deconv_dim = 64
   m.roi_heads.mask.rois_per_image = 8  # of the 16 positive slots; up to 8 objects/image
+  # The trained RPN fills nearly every slot here, so the head runs on all of
+  # them at once (chunk=16: shapes step 0.540-0.552 s against 0.525-0.538 s).
+  m.roi_heads.mask.chunk = 0
 
   # ---- data: replaces the COCO section ------------------------------------
   d = ml_collections.ConfigDict()

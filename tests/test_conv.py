@@ -133,6 +133,36 @@ def test_rgb_input_is_padded_to_four_channels_only_where_measured_faster(monkeyp
   assert seen == [(3, 3), padded, padded, padded, (3, 3), (3, 3)]
 
 
+@pytest.mark.parametrize("k,pads", [(3, (1, 1, 1, 1)), (5, (2, 1, 0, 2)), (1, (0, 0, 0, 0))])
+def test_loop_safe_gradients_in_a_while_loop_match_lax(k, pads):
+  """Under ``loop_body()`` (as ``layers.apply_to_prefix`` traces its loops),
+  stride-1 convolutions take their loop-safe gradient form inside a
+  ``lax.while_loop``; values and both gradients equal lax's, asymmetric
+  padding included."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(4, 7, 9, 3)), jnp.float32)
+  kern = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
+  padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+  ho, wo = 7 + pads[0] + pads[1] - k + 1, 9 + pads[2] + pads[3] - k + 1
+  dy = jnp.asarray(rng.normal(size=(2, 2, ho, wo, 5)), jnp.float32)
+
+  def looped(conv):  # the gradients of two images at a time, summed over 2 rounds
+    def body(carry):
+      i, dx, dk = carry
+      xc = jax.lax.dynamic_slice_in_dim(x, 2 * i, 2)
+      with conv_ops.loop_body():
+        gx, gk = jax.vjp(conv, xc, kern)[1](dy[i])
+      return i + 1, jax.lax.dynamic_update_slice_in_dim(dx, gx, 2 * i, 0), dk + gk
+    return jax.jit(lambda: jax.lax.while_loop(
+        lambda c: c[0] < 2, body, (0, jnp.zeros_like(x), jnp.zeros_like(kern)))[1:])()
+
+  ours = looped(lambda x, kern: conv_ops.conv2d(x, kern, padding=padding))
+  ref = looped(lambda x, kern: jax.lax.conv_general_dilated(
+      x, kern, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_bad_mode_is_an_error():
   with pytest.raises(ValueError, match="kernel_grad"):
     conv_ops.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 1, 1, 1)), kernel_grad="fast")

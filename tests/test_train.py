@@ -227,6 +227,7 @@ def test_batchnorm_in_fpn_and_heads_learns_statistics_in_training():
   c.model.roi_heads.box.num_conv = 1
   c.model.roi_heads.box.norm = "bn"
   c.model.roi_heads.mask.norm = "bn"
+  c.model.roi_heads.mask.chunk = 0  # batch statistics need every slot at once
   model = build_model(c.model)
   variables = jax.device_get(init_params(model, jax.random.PRNGKey(0)))
   batch = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
@@ -292,3 +293,56 @@ def test_the_training_input_is_closed_in_a_thread_that_is_joined_at_exit():
   thread.join(10)
   assert closed == [True]
   assert train.close_in_background(iter([{}])) is None  # nothing to close
+
+
+@pytest.mark.parametrize("head,chunk", [("mask", 1), ("mask", 3), ("keypoint", 2)])
+def test_head_on_filled_slots_only_equals_every_slot(setup, head, chunk):
+  """roi_heads.<head>.chunk: the head runs on the filled slots alone (a while
+  loop over chunks, its own gradient); the losses and every parameter
+  gradient equal the head on every slot, and the empty slots' logits are 0."""
+  c, _, state, _ = setup
+  batch = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
+  if head == "keypoint":
+    c = tiny_config()
+    c.model.num_classes, c.model.mask_on, c.model.keypoint_on = 2, False, True
+    k = c.model.roi_heads.keypoint.num_keypoints
+    _, state, _ = make_state(c)
+    boxes = batch["gt_boxes"]
+    t = np.random.default_rng(1).uniform(0.1, 0.9, boxes.shape[:2] + (k, 2))
+    xy = boxes[..., None, :2] + t * (boxes[..., None, 2:] - boxes[..., None, :2])
+    vis = np.broadcast_to(batch["gt_valid"][..., None, None] * 2.0, xy.shape[:-1] + (1,))
+    batch["gt_keypoints"] = np.concatenate([xy, vis], -1).astype(np.float32)
+    batch["gt_labels"] = np.minimum(batch["gt_labels"], 1)
+  prefix = "mask" if head == "mask" else "keypoint"
+
+  def losses_and_grads(model):
+    def total(p):
+      losses, outs = model.apply({"params": p}, batch["image"], batch["image_size"],
+                                 train.batch_ground_truth(batch), jax.random.PRNGKey(3),
+                                 method=model.train_losses)
+      return sum(losses.values()), (losses, outs)
+    return jax.jit(jax.grad(total, has_aux=True))(state.params)
+
+  g0, (l0, o0) = losses_and_grads(build_model(c.model))
+  g1, (l1, o1) = losses_and_grads(build_model(c.model, **{f"roi_heads__{head}__chunk": chunk}))
+  filled = int(o1["positive_candidates"].sum())
+  logits0, logits1 = o0[f"{prefix}_logits"], o1[f"{prefix}_logits"]
+  assert 0 < filled < logits1.shape[0]  # some slots empty, some filled
+  for name in l0:
+    np.testing.assert_allclose(l1[name], l0[name], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(logits1[:filled], logits0[:filled], rtol=1e-4, atol=1e-5)
+  assert not np.any(np.asarray(logits1[filled:]))
+  flat0, flat1 = jax.tree_util.tree_leaves_with_path(g0), jax.tree.leaves(g1)
+  assert any(("mask_fcn" if head == "mask" else "conv_fcn") in jax.tree_util.keystr(p)
+             for p, _ in flat0)
+  for (path, a), b in zip(flat0, flat1):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_chunk_config_errors():
+  c = tiny_config()
+  for bad in (-1, 1.5, True):
+    with pytest.raises(ValueError, match=r"roi_heads\.mask\.chunk must be an int"):
+      build_model(c.model, roi_heads__mask__chunk=bad)
+  with pytest.raises(ValueError, match=r"roi_heads\.mask\.chunk .*norm='bn'"):
+    build_model(c.model, roi_heads__mask__chunk=4, roi_heads__mask__norm="bn")

@@ -146,6 +146,7 @@ def build_model(model_cfg: Mapping[str, Any], *, axis_name: Optional[str] = None
     if mask["loss"] == "softmax" and mask["class_agnostic"]:
       raise ValueError("config.model.roi_heads.mask.loss='softmax' needs a mask per class: "
                        "it cannot be combined with roi_heads.mask.class_agnostic=True")
+    _check_chunk("mask", mask)
     mask_cls = model_config.MASK_HEADS[mask["head"]]
     mask_head = MaskRoIHead(
         head=mask_cls(num_classes=num_classes, **_take(mask, mask_cls), **common),
@@ -153,10 +154,23 @@ def build_model(model_cfg: Mapping[str, Any], *, axis_name: Optional[str] = None
   keypoint_head = None
   if cfg["keypoint_on"]:
     kp = rh["keypoint"]
+    _check_chunk("keypoint", kp)
     keypoint_head = KeypointRoIHead(head=KeypointHead(**_take(kp, KeypointHead), **common),
                                     pooler=pooler, **_take(kp, KeypointRoIHead))
   return MaskRCNN(backbone=backbone, neck=neck, rpn=rpn, roi_sampler=sampler,
                   box_head=box_head, mask_head=mask_head, keypoint_head=keypoint_head)
+
+
+def _check_chunk(head: str, section) -> None:
+  """``roi_heads.<head>.chunk``: an int >= 0, and not with batch statistics."""
+  chunk = section["chunk"]
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+    raise ValueError(f"config.model.roi_heads.{head}.chunk must be an int >= 0 (0: the head "
+                     f"runs on every slot), got {chunk!r}")
+  if chunk and section.get("norm") == "bn":
+    raise ValueError(f"config.model.roi_heads.{head}.chunk runs the head on a few RoIs at a "
+                     "time, which would change the batch statistics of norm='bn': use "
+                     "chunk=0 with it")
 
 
 def init_params(model: MaskRCNN, rng, canvas_size=(64, 64), batch_size: int = 1):

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrcnn_jax.model.heads import _conv_stack, _flatten_rois
-from mrcnn_jax.model.roi_heads import MaskRoIHead, Pooler
+from mrcnn_jax.model.layers import apply_to_prefix
+from mrcnn_jax.model.roi_heads import MaskRoIHead, Pooler, divisor_at_most
 from mrcnn_jax.ops import keypoints as kp_ops
 from mrcnn_jax.ops.conv import conv2d
 from mrcnn_jax.ops import targets as target_ops
@@ -97,20 +98,27 @@ class KeypointRoIHead(nn.Module):
   decoding's certificate held for all K maps).
 
   Training: like the mask head, on the batch's positive RoIs packed into
-  ``rois_per_image`` slots per image (None: every positive slot); targets
-  from ``gt["keypoints"]`` [B, G, K, 3] (x, y, v) in input pixels.
+  ``rois_per_image`` slots per image (None: every positive slot), and with
+  ``chunk`` on the filled slots only (``MaskRoIHead``); targets from
+  ``gt["keypoints"]`` [B, G, K, 3] (x, y, v) in input pixels.
   """
   head: nn.Module
   pooler: Pooler = Pooler()
   pool_size: int = 14
   rois_per_image: Optional[int] = None
+  chunk: int = 0
   decode_cells: int = 8
 
-  def __call__(self, features, rois, canvas_size, batch_index=None, train: bool = False):
+  def __call__(self, features, rois, canvas_size, batch_index=None, train: bool = False,
+               count=None):
     """RoIs [B, D, 4] -> logits [B, D, S, S, K]; or packed RoIs [N, 4] of
-    images ``batch_index`` [N] -> [N, S, S, K]."""
-    return self.head(self.pooler(features, rois, canvas_size, self.pool_size, batch_index),
-                     train=train)
+    images ``batch_index`` [N] -> [N, S, S, K] (with ``count`` and ``chunk``:
+    on the first ``count`` only, as ``MaskRoIHead``)."""
+    x = self.pooler(features, rois, canvas_size, self.pool_size, batch_index)
+    if count is not None and self.chunk:
+      return apply_to_prefix(self.head, x, count, divisor_at_most(x.shape[0], self.chunk),
+                             train=train)
+    return self.head(x, train=train)
 
   def num_slots(self, batch_size: int, positive_slots: int) -> int:
     return MaskRoIHead.num_slots(self, batch_size, positive_slots)
@@ -135,7 +143,8 @@ class KeypointRoIHead(nn.Module):
     cand = targets["positive_candidates"]
     img, slot, valid = target_ops.pack_positive_rois(cand, self.num_slots(b, cand.shape[1]))
     rois = targets["roi_boxes"][img, slot]
-    logits = self(features, rois, canvas_size, img, train=True)  # [N, S, S, K]
+    logits = self(features, rois, canvas_size, img, train=True,
+                  count=valid.sum())  # [N, S, S, K]; the filled slots first
     gt_kp = gt["keypoints"].reshape((b * g,) + gt["keypoints"].shape[2:])
     kp = gt_kp[img * g + targets["roi_matched_idx"][img, slot]]
     t, v = kp_ops.keypoint_targets(kp, rois, logits.shape[1])

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrcnn_jax.ops import conv as conv_ops
 from mrcnn_jax.ops.conv import conv2d
 
 Dtype = Any
@@ -166,3 +167,67 @@ def nearest_resize(x, size: tuple[int, int]):
   iy = np.minimum(iy.astype(np.int32), h_in - 1)
   ix = np.minimum(ix.astype(np.int32), w_in - 1)
   return x[:, iy][:, :, ix]
+
+
+def apply_to_prefix(module: nn.Module, x, count, chunk: int, **kwargs):
+  """``module(x, **kwargs)`` on the first ``count`` rows of ``x`` only, ``chunk``
+  rows at a time; the other rows of the result are zeros, and get no
+  gradient. For a head whose batch is a set of slots of which only a prefix
+  is filled (the mask head on the packed positive RoIs): its cost follows the
+  rows there are, not the rows there could be, while every shape stays
+  static. ``count`` may be traced; ``chunk`` must divide ``x.shape[0]``; rows
+  must be independent of each other (no batch statistics).
+
+  A ``lax.while_loop`` runs ceil(count / chunk) chunks. Its gradient
+  (a ``custom_vjp``) loops over the same chunks again, recomputing each
+  chunk's forward pass before its backward pass (the loop keeps no
+  activations), and sums the parameter gradients. Convolutions in both loops
+  are traced under ``ops.conv.loop_body()``: XLA:CPU's own convolution
+  gradients are many times slower inside a loop body.
+  """
+  n = x.shape[0]
+  if n % chunk:
+    raise ValueError(f"{module.name}: chunk {chunk} does not divide the {n} rows")
+  if module.is_initializing():
+    return module(x, **kwargs)  # creates the parameters; values unused
+  variables = module.variables
+  unbound = module.clone(parent=None)
+
+  def fn(v, xc):
+    with conv_ops.loop_body():
+      return unbound.apply(v, xc, **kwargs)
+
+  out_shape = jax.eval_shape(fn, variables, x[:chunk])
+  count = jnp.asarray(count, jnp.int32)
+
+  def num_chunks(c):
+    return jnp.minimum((c + chunk - 1) // chunk, n // chunk)
+
+  @jax.custom_vjp
+  def run(v, xs, c):
+    def body(carry):
+      i, out = carry
+      y = fn(v, jax.lax.dynamic_slice_in_dim(xs, i * chunk, chunk))
+      return i + 1, jax.lax.dynamic_update_slice_in_dim(out, y, i * chunk, 0)
+    out = jnp.zeros((n,) + out_shape.shape[1:], out_shape.dtype)
+    return jax.lax.while_loop(lambda carry: carry[0] < num_chunks(c), body, (0, out))[1]
+
+  def run_fwd(v, xs, c):
+    return run(v, xs, c), (v, xs, c)
+
+  def run_bwd(res, g):
+    v, xs, c = res
+
+    def body(carry):
+      i, dv, dx = carry
+      xc = jax.lax.dynamic_slice_in_dim(xs, i * chunk, chunk)
+      gc = jax.lax.dynamic_slice_in_dim(g, i * chunk, chunk)
+      dvc, dxc = jax.vjp(fn, v, xc)[1](gc)
+      return (i + 1, jax.tree.map(jnp.add, dv, dvc),
+              jax.lax.dynamic_update_slice_in_dim(dx, dxc, i * chunk, 0))
+    init = (0, jax.tree.map(jnp.zeros_like, v), jnp.zeros_like(xs))
+    _, dv, dx = jax.lax.while_loop(lambda carry: carry[0] < num_chunks(c), body, init)
+    return dv, dx, None
+
+  run.defvjp(run_fwd, run_bwd)
+  return run(variables, x, count)

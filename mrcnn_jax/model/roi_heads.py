@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrcnn_jax.model.layers import apply_to_prefix
 from mrcnn_jax.ops import losses as loss_ops
 from mrcnn_jax.ops import postprocess
 from mrcnn_jax.ops import targets as target_ops
@@ -169,6 +170,12 @@ MASK_LOSSES = ("sigmoid", "softmax")
 SOFTMAX_READOUTS = ("class", "foreground")
 
 
+def divisor_at_most(n: int, k: int) -> int:
+  """The largest divisor of n that is at most k (k >= 1): the chunk size for
+  n packed slots."""
+  return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
 class MaskRoIHead(nn.Module):
   """Mask branch: pooled RoI features -> ``trunk`` if any (shared with the
   box branch, which owns its parameters) -> ``head`` (e.g. ``heads.MaskHead``,
@@ -192,21 +199,34 @@ class MaskRoIHead(nn.Module):
   image, shared by the batch. None: every positive slot (so no positive is
   ever left out); fewer slots cost less, and positives beyond them are left
   out at random (counted in ``num_mask_rois_left_out``).
+
+  ``chunk``: 0, or the training head runs on the filled slots only, ``chunk``
+  of them at a time (``layers.apply_to_prefix``): its cost then follows the
+  batch's positives instead of the slot count, which lets the slots cover
+  every positive at no cost for the empty ones. Not for heads with batch
+  statistics (``norm="bn"``), whose result would depend on the chunking.
   """
   head: nn.Module
   pooler: Pooler = Pooler()
   trunk: Optional[nn.Module] = None
   pool_size: int = 14
   rois_per_image: Optional[int] = None
+  chunk: int = 0
   loss: str = "sigmoid"
   softmax_readout: str = "class"
 
-  def __call__(self, features, rois, canvas_size, batch_index=None, train: bool = False):
+  def __call__(self, features, rois, canvas_size, batch_index=None, train: bool = False,
+               count=None):
     """RoIs [B, R, 4] -> mask logits [B, R, M, M, K]; or packed RoIs [N, 4]
-    of images ``batch_index`` [N] -> [N, M, M, K]."""
+    of images ``batch_index`` [N] -> [N, M, M, K]. With ``count`` (packed
+    RoIs only) and ``chunk``, the head runs on the first ``count`` RoIs only
+    and the other logits are zeros."""
     x = self.pooler(features, rois, canvas_size, self.pool_size, batch_index)
     if self.trunk is not None:
       x = self.trunk(x, train=train)
+    if count is not None and self.chunk:
+      return apply_to_prefix(self.head, x, count, divisor_at_most(x.shape[0], self.chunk),
+                             train=train)
     return self.head(x, train=train)
 
   def num_slots(self, batch_size: int, positive_slots: int) -> int:
@@ -239,7 +259,9 @@ class MaskRoIHead(nn.Module):
     cand = targets["positive_candidates"]
     img, slot, valid = target_ops.pack_positive_rois(cand, self.num_slots(b, cand.shape[1]))
     rois = targets["roi_boxes"][img, slot]
-    logits = self(features, rois, canvas_size, img, train=True)  # [N, M, M, K]
+    # The filled slots come first (pack_positive_rois).
+    logits = self(features, rois, canvas_size, img, train=True,
+                  count=valid.sum())  # [N, M, M, K]
     # Ground truth of image i, object j is row i * G + j of the flattened batch.
     masks = gt["masks"]
     mask_t = target_ops.mask_targets(
