@@ -242,7 +242,7 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
         file=sys.stderr, flush=True)
   feats = jax.jit(lambda p, x: apply(p, x, method=model.features))(params, images)
   objectness, rpn_deltas = jax.jit(lambda p, f: apply(p, f, method=model.rpn_outputs))(params, feats)
-  mask_rois_n = outs["mask_logits"].shape[0]
+  mask_rois_n = f"{outs['mask_logits'].shape[0]} slots, {int(outs['mask_valid'].sum())} filled"
   d = {"images": images, "sizes": sizes, "gt": {k: jnp.asarray(v) for k, v in gt.items()},
        "objectness": objectness, "rpn_deltas": rpn_deltas, "outs": outs,
        "grads": jax.tree.map(jnp.ones_like, params)}  # any gradient: the update costs the same
@@ -272,8 +272,8 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
 
   def mask_loss(p, f, d):
     o = d["outs"]
-    logits = apply(p, f, o["mask_rois"], canvas, o["mask_batch_index"],
-                   method=model.mask_outputs)
+    logits = apply(p, f, o["mask_rois"], canvas, o["mask_batch_index"], True,
+                   o["mask_valid"].sum(), method=model.mask_outputs)
     return loss_ops.mask_loss(logits, o["mask_labels"], o["mask_targets"], o["mask_valid"],
                               o["mask_batch_index"], images.shape[0])
 
@@ -286,7 +286,7 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
       "backbone+fpn fwd+bwd": (jax.jit(jax.grad(features_sum)), (params, d)),
       "rpn head+losses fwd+bwd": (grad2(rpn_loss), (params, feats, d)),
       "box branch fwd+bwd": (grad2(box_loss), (params, feats, d)),
-      f"mask branch fwd+bwd ({mask_rois_n} RoIs)": (grad2(mask_loss), (params, feats, d)),
+      f"mask branch fwd+bwd ({mask_rois_n})": (grad2(mask_loss), (params, feats, d)),
       "optimizer update": (jax.jit(update), (params, state.opt_state, d)),
       "proposals+targets fwd": (jax.jit(targets), (params, feats, d)),
   }

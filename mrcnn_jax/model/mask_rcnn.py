@@ -91,10 +91,12 @@ class MaskRCNN(nn.Module):
     """RoIs [B, R, 4] -> class logits [B, R, K], deltas [B, R, K, 4]."""
     return self.box_head(features, rois, canvas_size, train=train)
 
-  def mask_outputs(self, features, rois, canvas_size, batch_index=None, train: bool = False):
+  def mask_outputs(self, features, rois, canvas_size, batch_index=None, train: bool = False,
+                   count=None):
     """RoIs [B, R, 4] -> mask logits [B, R, M, M, K] (K = 1 if class-agnostic);
-    or packed RoIs [N, 4] of images ``batch_index`` [N] -> [N, M, M, K]."""
-    return self.mask_head(features, rois, canvas_size, batch_index, train=train)
+    or packed RoIs [N, 4] of images ``batch_index`` [N] -> [N, M, M, K] (with
+    ``count``, the filled first ones: ``MaskRoIHead``)."""
+    return self.mask_head(features, rois, canvas_size, batch_index, train=train, count=count)
 
   # ---- inference -----------------------------------------------------------
 

@@ -28,7 +28,9 @@ would make shapes depend on data, so it is rejected here.
 
 Bilinear interpolation is separable, and so is the out-of-range rule, so each
 axis gets its own (low index, high index, low weight, high weight) and a
-sample reads 4 feature vectors. Multi-level RoIAlign flattens all levels of
+sample reads 4 feature vectors; a bin is the weighted sum of its 4 *
+sampling_ratio**2 vectors, computed by ``weighted_gather`` without storing
+them. Multi-level RoIAlign flattens all levels of
 all images into one [B * S, C] array and gives each RoI the offset, size and
 scale of its own level in its own image, so every RoI is sampled once, on
 its level only, and RoIs of different images can be pooled together.
