@@ -104,7 +104,33 @@ def _conv1x1(x, kernel, stride: int):
   """1 x 1 convolution, no padding: stride, then a matmul over channels."""
   if stride > 1:
     x = x[:, ::stride, ::stride, :]
+  return _channel_matmul(x, kernel)
+
+
+@jax.custom_vjp
+def _channel_matmul(x, kernel):
   return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+
+
+def _channel_matmul_fwd(x, kernel):
+  return _channel_matmul(x, kernel), (x, kernel)
+
+
+def _channel_matmul_bwd(residuals, dy):
+  x, kernel = residuals
+  # dy is stored once before both products use it. Without the barrier
+  # XLA:CPU fuses dy's producers (ReLU mask, frozen-BN scale, the residual
+  # sum) into the transposing copy the kernel gradient's product needs, once
+  # per consumer, and runs that fused transpose slowly.
+  dy = jax.lax.optimization_barrier(dy)
+  c, d = kernel.shape[2:]
+  dy2 = dy.reshape(-1, d)
+  dx = jnp.matmul(dy2, kernel[0, 0].T.astype(dy.dtype)).reshape(x.shape).astype(x.dtype)
+  dk = jnp.matmul(x.reshape(-1, c).T, dy2.astype(x.dtype))
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 
 
 def _shifted_taps(x, kernel_hw, stride: int, padding, out_hw):
