@@ -178,12 +178,14 @@ def apply_to_prefix(module: nn.Module, x, count, chunk: int, **kwargs):
   static. ``count`` may be traced; ``chunk`` must divide ``x.shape[0]``; rows
   must be independent of each other (no batch statistics).
 
-  A ``lax.while_loop`` runs ceil(count / chunk) chunks. Its gradient
-  (a ``custom_vjp``) loops over the same chunks again, recomputing each
-  chunk's forward pass before its backward pass (the loop keeps no
-  activations), and sums the parameter gradients. Convolutions in both loops
-  are traced under ``ops.conv.loop_body()``: XLA:CPU's own convolution
-  gradients are many times slower inside a loop body.
+  A ``lax.while_loop`` runs ceil(count / chunk) chunks. Under
+  differentiation (a ``custom_vjp``) the forward loop keeps each chunk's
+  pullback residuals in buffers with one row per chunk (activations, and
+  the parameters again: the head's parameters once per chunk), and the
+  backward loop runs the chunks' pullbacks and sums the parameter
+  gradients. Convolutions in both loops are traced under
+  ``ops.conv.loop_body()``: XLA:CPU's own convolution gradients are many
+  times slower inside a loop body.
   """
   n = x.shape[0]
   if n % chunk:
@@ -212,17 +214,40 @@ def apply_to_prefix(module: nn.Module, x, count, chunk: int, **kwargs):
     out = jnp.zeros((n,) + out_shape.shape[1:], out_shape.dtype)
     return jax.lax.while_loop(lambda carry: carry[0] < num_chunks(c), body, (0, out))[1]
 
+  def chunk_vjp(v, xc):
+    y, pullback = jax.vjp(fn, v, xc)
+    leaves, treedef = jax.tree.flatten(pullback)
+    return y, leaves, treedef
+
+  saved = {}
+
   def run_fwd(v, xs, c):
-    return run(v, xs, c), (v, xs, c)
+    # Each chunk's pullback residuals go into buffers with one row per
+    # chunk, so the backward loop need not run the forward pass again.
+    shapes = jax.eval_shape(lambda v, xc: chunk_vjp(v, xc)[:2], v, xs[:chunk])[1]
+    bufs = [jnp.zeros((n // chunk,) + r.shape, r.dtype) for r in shapes]
+
+    def body(carry):
+      i, out, bufs = carry
+      y, leaves, treedef = chunk_vjp(v, jax.lax.dynamic_slice_in_dim(xs, i * chunk, chunk))
+      saved["treedef"] = treedef
+      bufs = [jax.lax.dynamic_update_index_in_dim(b, r, i, 0) for b, r in zip(bufs, leaves)]
+      return i + 1, jax.lax.dynamic_update_slice_in_dim(out, y, i * chunk, 0), bufs
+    out = jnp.zeros((n,) + out_shape.shape[1:], out_shape.dtype)
+    _, out, bufs = jax.lax.while_loop(lambda carry: carry[0] < num_chunks(c), body,
+                                      (0, out, bufs))
+    return out, (v, xs, c, bufs)
 
   def run_bwd(res, g):
-    v, xs, c = res
+    v, xs, c, bufs = res
+    treedef = saved["treedef"]
 
     def body(carry):
       i, dv, dx = carry
-      xc = jax.lax.dynamic_slice_in_dim(xs, i * chunk, chunk)
       gc = jax.lax.dynamic_slice_in_dim(g, i * chunk, chunk)
-      dvc, dxc = jax.vjp(fn, v, xc)[1](gc)
+      pullback = jax.tree.unflatten(treedef, [jax.lax.dynamic_index_in_dim(b, i, 0, False)
+                                              for b in bufs])
+      dvc, dxc = pullback(gc)
       return (i + 1, jax.tree.map(jnp.add, dv, dvc),
               jax.lax.dynamic_update_slice_in_dim(dx, dxc, i * chunk, 0))
     init = (0, jax.tree.map(jnp.zeros_like, v), jnp.zeros_like(xs))
