@@ -41,7 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.keypoint_on = True
   m.roi_heads.keypoint.num_keypoints = 17
   m.roi_heads.keypoint.rois_per_image = 64
-  m.roi_heads.keypoint.chunk = 16  # the filled slots only, as the mask head's
+  # The head on the filled slots only, 16 at a time (layers.apply_to_prefix):
+  # the training losses' forward and backward, batch 2 at 512x512, 2-core
+  # EPYC: 8.9 s against 24.8 s with 19 positives in the 128 slots, 16.8
+  # against 24.4 s with 88. Measured on CPU only.
+  m.roi_heads.keypoint.chunk = 16
 
   d = config.data
   d.name = "coco_format"

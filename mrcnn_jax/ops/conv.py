@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import Sequence
 
 import jax
@@ -219,19 +220,24 @@ def _conv_tiled_grad_bwd(stride, padding, residuals, dy):
 _conv_tiled_grad.defvjp(_conv_fwd_keep_inputs, _conv_tiled_grad_bwd)
 
 
-_LOOP_BODY_DEPTH = [0]
+_LOOP_BODY = threading.local()
+
+
+def _in_loop_body() -> bool:
+  return getattr(_LOOP_BODY, "depth", 0) > 0
 
 
 @contextlib.contextmanager
 def loop_body():
   """While tracing a loop body (``lax.while_loop``) on the CPU backend, use
   the loop-safe gradient form for stride-1 convolutions (module docstring).
-  A trace-time switch: it changes which program is built, not values."""
-  _LOOP_BODY_DEPTH[0] += 1
+  A trace-time switch, per thread: it changes which program is built, not
+  values."""
+  _LOOP_BODY.depth = getattr(_LOOP_BODY, "depth", 0) + 1
   try:
     yield
   finally:
-    _LOOP_BODY_DEPTH[0] -= 1
+    _LOOP_BODY.depth -= 1
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -305,7 +311,7 @@ def conv2d(x, kernel, *, stride: int = 1, padding: Sequence[tuple[int, int]] = (
     wo = _out_size(x.shape[2], kw, stride, padding[1])
     if jax.default_backend() != "cpu":
       return _xla_conv(x, kernel, stride, padding, 1)
-    if _LOOP_BODY_DEPTH[0] and stride == 1 and all(
+    if _in_loop_body() and stride == 1 and all(
         p < k for p, k in zip((padding[0][0], padding[0][1], padding[1][0], padding[1][1]),
                               (kh, kh, kw, kw))):
       return _conv_loop_safe(x, kernel, padding)
