@@ -154,7 +154,7 @@ def _conv_shifted_grad(x, kernel, stride: int, padding):
 
 
 def _conv_fwd_keep_inputs(x, kernel, stride, padding):
-  """The forward of both custom-gradient forms: XLA's, keeping x and kernel."""
+  """The forward of the custom-gradient forms: XLA's, keeping x and kernel."""
   return _xla_conv(x, kernel, stride, padding, 1), (x, kernel)
 
 
@@ -164,15 +164,19 @@ def _xla_input_grad(x, kernel, stride, padding, dy):
   return jax.vjp(lambda v: _xla_conv(v, kernel, stride, padding, 1), x)[1](dy)[0]
 
 
-def _conv_shifted_grad_bwd(stride, padding, residuals, dy):
-  x, kernel = residuals
-  dx = _xla_input_grad(x, kernel, stride, padding, dy)
+def _shifted_kernel_grad(x, kernel, stride, padding, dy):
+  """The kernel gradient as kh * kw matrix products, X_ab^T dY per tap."""
   kh, kw, c, d = kernel.shape
   dy_flat = dy.reshape(-1, d)
   taps = [jnp.matmul(tap.T, dy_flat) for _, tap in
           _shifted_taps(x, (kh, kw), stride, padding, dy.shape[1:3])]
-  dk = jnp.stack(taps).reshape(kh, kw, c, d).astype(kernel.dtype)
-  return dx, dk
+  return jnp.stack(taps).reshape(kh, kw, c, d).astype(kernel.dtype)
+
+
+def _conv_shifted_grad_bwd(stride, padding, residuals, dy):
+  x, kernel = residuals
+  return (_xla_input_grad(x, kernel, stride, padding, dy),
+          _shifted_kernel_grad(x, kernel, stride, padding, dy))
 
 
 _conv_shifted_grad.defvjp(_conv_fwd_keep_inputs, _conv_shifted_grad_bwd)
@@ -240,16 +244,13 @@ def loop_body():
     _LOOP_BODY.depth -= 1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_loop_safe(x, kernel, padding):
-  return _xla_conv(x, kernel, 1, padding, 1)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_loop_safe(x, kernel, stride: int, padding):
+  return _xla_conv(x, kernel, stride, padding, 1)
 
 
-def _conv_loop_safe_fwd(x, kernel, padding):
-  return _xla_conv(x, kernel, 1, padding, 1), (x, kernel)
-
-
-def _conv_loop_safe_bwd(padding, residuals, dy):
+def _conv_loop_safe_bwd(stride, padding, residuals, dy):
+  assert stride == 1, stride  # conv2d takes this form for stride 1 only
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
   (pt, pb), (pl, pr) = padding
@@ -259,15 +260,10 @@ def _conv_loop_safe_bwd(padding, residuals, dy):
   flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
   dx = _xla_conv(dy.astype(x.dtype), flipped.astype(x.dtype), 1,
                  ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)), 1)
-  d = kernel.shape[-1]
-  dy_flat = dy.reshape(-1, d)
-  taps = [jnp.matmul(tap.T, dy_flat) for _, tap in
-          _shifted_taps(x, (kh, kw), 1, padding, dy.shape[1:3])]
-  dk = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-  return dx.astype(x.dtype), dk
+  return dx.astype(x.dtype), _shifted_kernel_grad(x, kernel, 1, padding, dy)
 
 
-_conv_loop_safe.defvjp(_conv_loop_safe_fwd, _conv_loop_safe_bwd)
+_conv_loop_safe.defvjp(_conv_fwd_keep_inputs, _conv_loop_safe_bwd)
 
 
 def _out_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
@@ -311,10 +307,8 @@ def conv2d(x, kernel, *, stride: int = 1, padding: Sequence[tuple[int, int]] = (
     wo = _out_size(x.shape[2], kw, stride, padding[1])
     if jax.default_backend() != "cpu":
       return _xla_conv(x, kernel, stride, padding, 1)
-    if _in_loop_body() and stride == 1 and all(
-        p < k for p, k in zip((padding[0][0], padding[0][1], padding[1][0], padding[1][1]),
-                              (kh, kh, kw, kw))):
-      return _conv_loop_safe(x, kernel, padding)
+    if _in_loop_body() and stride == 1 and max(padding[0]) < kh and max(padding[1]) < kw:
+      return _conv_loop_safe(x, kernel, 1, padding)
     if x.shape[0] * ho * wo < SHIFTED_MIN_PIXELS or x.shape[-1] < SHIFTED_MIN_CHANNELS:
       if len(output_tiles(x.shape[0], ho, wo)) == 1:
         return _xla_conv(x, kernel, stride, padding, 1)
