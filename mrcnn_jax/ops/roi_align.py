@@ -163,10 +163,14 @@ def weighted_gather(flat, idx, weights):
   """
   acc = None
   for k in range(idx.shape[-1]):
-    term = (jnp.take(flat, idx[..., k], axis=0, mode="clip").astype(jnp.float32)
-            * weights[..., k, None].astype(jnp.float32))
+    term = _rows(flat, idx, k) * weights[..., k, None].astype(jnp.float32)
     acc = term if acc is None else acc + term
   return acc.astype(flat.dtype)
+
+
+def _rows(flat, idx, k: int):
+  """flat's rows at idx[..., k], in float32: [..., C]."""
+  return jnp.take(flat, idx[..., k], axis=0, mode="clip").astype(jnp.float32)
 
 
 def _weighted_gather_fwd(flat, idx, weights):
@@ -183,8 +187,7 @@ def _weighted_gather_bwd(residuals, dy):
       contrib.reshape(-1, c))
   # d weights[..., k] = <dy, flat[idx[..., k]]> (unused by the models, whose
   # RoIs carry no gradient; XLA drops it then).
-  dw = jnp.stack([(jnp.take(flat, idx[..., k], axis=0, mode="clip").astype(jnp.float32)
-                   * dy).sum(-1) for k in range(idx.shape[-1])], axis=-1)
+  dw = jnp.stack([(_rows(flat, idx, k) * dy).sum(-1) for k in range(idx.shape[-1])], axis=-1)
   return dflat.astype(flat.dtype), None, dw.astype(weights.dtype)
 
 
