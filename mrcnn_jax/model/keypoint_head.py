@@ -24,7 +24,7 @@ import numpy as np
 
 from mrcnn_jax.model.heads import _conv_stack, _flatten_rois
 from mrcnn_jax.model.layers import apply_to_prefix
-from mrcnn_jax.model.roi_heads import MaskRoIHead, Pooler, divisor_at_most
+from mrcnn_jax.model.roi_heads import MaskRoIHead, Pooler
 from mrcnn_jax.ops import keypoints as kp_ops
 from mrcnn_jax.ops.conv import conv2d
 from mrcnn_jax.ops import targets as target_ops
@@ -116,8 +116,7 @@ class KeypointRoIHead(nn.Module):
     on the first ``count`` only, as ``MaskRoIHead``)."""
     x = self.pooler(features, rois, canvas_size, self.pool_size, batch_index)
     if count is not None and self.chunk:
-      return apply_to_prefix(self.head, x, count, divisor_at_most(x.shape[0], self.chunk),
-                             train=train)
+      return apply_to_prefix(self.head, x, count, self.chunk, train=train)
     return self.head(x, train=train)
 
   def num_slots(self, batch_size: int, positive_slots: int) -> int:

@@ -169,14 +169,19 @@ def nearest_resize(x, size: tuple[int, int]):
   return x[:, iy][:, :, ix]
 
 
-def apply_to_prefix(module: nn.Module, x, count, chunk: int, **kwargs):
-  """``module(x, **kwargs)`` on the first ``count`` rows of ``x`` only, ``chunk``
-  rows at a time; the other rows of the result are zeros, and get no
-  gradient. For a head whose batch is a set of slots of which only a prefix
-  is filled (the mask head on the packed positive RoIs): its cost follows the
-  rows there are, not the rows there could be, while every shape stays
-  static. ``count`` may be traced; ``chunk`` must divide ``x.shape[0]``; rows
-  must be independent of each other (no batch statistics).
+def divisor_at_most(n: int, k: int) -> int:
+  """The largest divisor of n that is at most k (k >= 1)."""
+  return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
+def apply_to_prefix(module: nn.Module, x, count, max_chunk: int, **kwargs):
+  """``module(x, **kwargs)`` on the first ``count`` rows of ``x`` only, in
+  chunks of the largest divisor of ``x.shape[0]`` up to ``max_chunk`` rows;
+  the other rows of the result are zeros, and get no gradient. For a head
+  whose batch is a set of slots of which only a prefix is filled (the mask
+  head on the packed positive RoIs): its cost follows the rows there are,
+  not the rows there could be, while every shape stays static. ``count`` may
+  be traced; rows must be independent of each other (no batch statistics).
 
   A ``lax.while_loop`` runs ceil(count / chunk) chunks. Under
   differentiation (a ``custom_vjp``) the forward loop keeps each chunk's
@@ -188,8 +193,7 @@ def apply_to_prefix(module: nn.Module, x, count, chunk: int, **kwargs):
   times slower inside a loop body.
   """
   n = x.shape[0]
-  if n % chunk:
-    raise ValueError(f"{module.name}: chunk {chunk} does not divide the {n} rows")
+  chunk = divisor_at_most(n, max_chunk)
   if module.is_initializing():
     return module(x, **kwargs)  # creates the parameters; values unused
   variables = module.variables

@@ -170,12 +170,6 @@ MASK_LOSSES = ("sigmoid", "softmax")
 SOFTMAX_READOUTS = ("class", "foreground")
 
 
-def divisor_at_most(n: int, k: int) -> int:
-  """The largest divisor of n that is at most k (k >= 1): the chunk size for
-  n packed slots."""
-  return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
-
-
 class MaskRoIHead(nn.Module):
   """Mask branch: pooled RoI features -> ``trunk`` if any (shared with the
   box branch, which owns its parameters) -> ``head`` (e.g. ``heads.MaskHead``,
@@ -200,8 +194,8 @@ class MaskRoIHead(nn.Module):
   ever left out); fewer slots cost less, and positives beyond them are left
   out at random (counted in ``num_mask_rois_left_out``).
 
-  ``chunk``: 0, or the training head runs on the filled slots only, ``chunk``
-  of them at a time (``layers.apply_to_prefix``): its cost then follows the
+  ``chunk``: 0, or the training head runs on the filled slots only, up to
+  ``chunk`` of them at a time (``layers.apply_to_prefix``): its cost follows the
   batch's positives instead of the slot count, which lets the slots cover
   every positive at no cost for the empty ones. Not for heads with batch
   statistics (``norm="bn"``), whose result would depend on the chunking.
@@ -225,8 +219,7 @@ class MaskRoIHead(nn.Module):
     if self.trunk is not None:
       x = self.trunk(x, train=train)
     if count is not None and self.chunk:
-      return apply_to_prefix(self.head, x, count, divisor_at_most(x.shape[0], self.chunk),
-                             train=train)
+      return apply_to_prefix(self.head, x, count, self.chunk, train=train)
     return self.head(x, train=train)
 
   def num_slots(self, batch_size: int, positive_slots: int) -> int:
