@@ -96,18 +96,41 @@ def range_max_table(features):
   return jnp.stack(rows)
 
 
+def _f32_quotient(n, d: int):
+  """float32 ``n / d`` rounded to nearest (ties to even), as IEEE division
+  gives it, from integer arithmetic alone: int32 n >= 1, static 1 <= d < 128.
+
+  torchvision floors and ceils multiples of this quotient, so its last bit
+  decides bin edges (9 / 7 * 7 is 9.000001, whose ceil is 10). A float
+  division cannot be trusted for that bit: XLA:CPU rewrites a division by a
+  constant as a product with the rounded reciprocal, and XLA:GPU lowers f32
+  division to PTX ``div.full``, within 2 ulp, not correctly rounded (on an
+  H200 RoIPool then differed from torchvision in 1% of the bins). Sizes
+  from 2^23 on are taken as 2^23 - 1: bins are clipped to the map, so no
+  RoI that could meet a real map changes.
+  """
+  if not 1 <= d < 128:
+    raise ValueError(f"RoIPool output size must be 1..127 per side, got {d}")
+  n = jnp.clip(n.astype(jnp.int32), 1, 2 ** 23 - 1)
+  # With n in [2^a, 2^(a+1)) and d in [2^b, 2^(b+1)), n * 2^s / d lies in
+  # (2^22, 2^24) for s = 23 - a + b; one more shift where it is below 2^23
+  # gives a 24-bit quotient q. n * 2^s < 2^(25 + b) <= 2^31 fits in int32.
+  s = 23 - _floor_log2(n) + (d.bit_length() - 1)
+  s = jnp.where(jnp.left_shift(n, s) // d < 2 ** 23, s + 1, s)
+  num = jnp.left_shift(n, s)
+  q, r = num // d, num % d
+  q = q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1))).astype(jnp.int32)
+  # q (<= 2^24) is exact in float32, and 2^-s is built from its bits.
+  scale = jax.lax.bitcast_convert_type(jnp.left_shift(127 - s, 23), jnp.float32)
+  return q.astype(jnp.float32) * scale
+
+
 def _bin_edges(start, size, pooled: int, limit):
   """Start and end (exclusive) of each bin along one axis, clipped to
-  [0, limit]: ([pooled] int32, [pooled] int32)."""
-  # torchvision divides in float32 and floors / ceils the products, so the
-  # division must be IEEE's: XLA rewrites a division by a constant or a
-  # broadcast scalar as a product with its rounded reciprocal (9 / 7 * 7
-  # then gives 9.000001, whose ceil is 10), so the divisor is made an
-  # opaque array of the numerator's shape (derived from it, so that it is
-  # batched like it under vmap).
-  size = size.astype(jnp.float32)
-  size, divisor = jax.lax.optimization_barrier((size, size * 0.0 + pooled))
-  bin_size = size / divisor
+  [0, limit]: ([pooled] int32, [pooled] int32). torchvision's float32
+  arithmetic: floor(p * size / pooled) and ceil((p + 1) * size / pooled)
+  with the quotient rounded first."""
+  bin_size = _f32_quotient(size, pooled)
   p = jnp.arange(pooled, dtype=jnp.float32)
   lo = jnp.floor(p * bin_size).astype(jnp.int32) + start
   hi = jnp.ceil((p + 1.0) * bin_size).astype(jnp.int32) + start
