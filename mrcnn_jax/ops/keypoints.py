@@ -145,7 +145,10 @@ def _decode_map(heatmap, box, per_cell: int, num_cells: int):
   xpos, xmem, xw, xrows = _axis_cells(wr, s, per_cell)
   # Each row of the map interpolated along x at the pixels of each x cell:
   # r[i, cx, q], and its range over the cell's pixels.
-  r = jnp.einsum("icb,cqb->icq", heatmap[:, xrows], xw)  # [s, s + 1, per_cell]
+  # Full float32 products throughout (a GPU's default is TF32): the values
+  # are compared to pick the maximum, as PyTorch's float32 bicubic gives them.
+  hp = jax.lax.Precision.HIGHEST
+  r = jnp.einsum("icb,cqb->icq", heatmap[:, xrows], xw, precision=hp)  # [s, s + 1, per_cell]
   xm = xmem[None]
   x_any = xmem.any(axis=1)[None, :]
   r_hi = jnp.where(x_any, jnp.where(xm, r, -jnp.inf).max(-1), 0.0)  # [s, s + 1]
@@ -153,8 +156,8 @@ def _decode_map(heatmap, box, per_cell: int, num_cells: int):
   # A pixel's value is sum_a wy_a r[row_a]: bounded by taking, row by row,
   # the largest r where wy_a >= 0 and the smallest where it is negative.
   hi, lo = r_hi[yrows], r_lo[yrows]  # [s + 1 (cy), 4, s + 1 (cx)]
-  bound = (jnp.einsum("ypa,yax->ypx", jnp.maximum(yw, 0.0), hi)
-           + jnp.einsum("ypa,yax->ypx", jnp.minimum(yw, 0.0), lo))
+  bound = (jnp.einsum("ypa,yax->ypx", jnp.maximum(yw, 0.0), hi, precision=hp)
+           + jnp.einsum("ypa,yax->ypx", jnp.minimum(yw, 0.0), lo, precision=hp))
   bound = jnp.where(ymem[:, :, None], bound, -jnp.inf).max(axis=1)  # [s + 1, s + 1]
   occupied = ymem.any(axis=1)[:, None] & xmem.any(axis=1)[None, :]
   bound = jnp.where(occupied, bound, -jnp.inf).reshape(-1)
@@ -164,7 +167,7 @@ def _decode_map(heatmap, box, per_cell: int, num_cells: int):
 
   def cell_best(cy, cx):
     block = heatmap[yrows[cy][:, None], xrows[cx][None, :]]  # [4, 4]
-    vals = jnp.einsum("pa,ab,qb->pq", yw[cy], block, xw[cx])
+    vals = jnp.einsum("pa,ab,qb->pq", yw[cy], block, xw[cx], precision=hp)
     ok = ymem[cy][:, None] & xmem[cx][None, :]
     vals = jnp.where(ok, vals, -jnp.inf)
     lin = ypos[cy][:, None] * wr + xpos[cx][None, :]

@@ -72,7 +72,10 @@ def _mask_roi_mean(per_roi, valid, batch_index, num_images: int):
   over the images (0 for an image with no positives)."""
   pos = valid.astype(jnp.float32)
   image_of = jax.nn.one_hot(batch_index, num_images, dtype=jnp.float32)  # [N, B]
-  return _per_image_mean((per_roi * pos) @ image_of, pos @ image_of)
+  # Sums, not TF32 products (a GPU's default for float32 matmuls).
+  hp = jax.lax.Precision.HIGHEST
+  return _per_image_mean(jnp.matmul(per_roi * pos, image_of, precision=hp),
+                         jnp.matmul(pos, image_of, precision=hp))
 
 
 def mask_loss(mask_logits, labels, targets, valid, batch_index, num_images: int):
