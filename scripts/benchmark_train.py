@@ -125,6 +125,9 @@ def load_config(path: str, overrides: list[str]):
 def run_jax(args) -> dict:
   import jax
 
+  if args.chunk_backends is not None:  # where roi_heads.<head>.chunk applies
+    from mrcnn_jax.model import layers
+    layers.CHUNK_BACKENDS = tuple(b for b in args.chunk_backends.split(",") if b)
   if args.nms != "auto":  # bind the method where the model calls NMS (nms_batch only)
     from mrcnn_jax.ops import nms as nms_ops
     from mrcnn_jax.ops import postprocess
@@ -423,6 +426,9 @@ def parse_args(argv):
   p.add_argument("--nms", choices=("auto", "sequential", "tiled"), default="auto",
                  help="mrcnn_jax: the NMS method of the proposals and detections "
                       "(ops/nms.py; all keep the same boxes)")
+  p.add_argument("--chunk-backends", default=None, metavar="cpu,gpu",
+                 help="mrcnn_jax: the backends on which the heads' chunk applies "
+                      "(model.layers.CHUNK_BACKENDS, default cpu only)")
   p.add_argument("--profile-only", action="store_true",
                  help="time mrcnn_jax's stages and not the whole step")
   p.add_argument("--out", default=None, help="append the JSON line here")

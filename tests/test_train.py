@@ -339,6 +339,29 @@ def test_head_on_filled_slots_only_equals_every_slot(setup, head, chunk):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
+def test_chunk_applies_on_the_listed_backends_only(setup, monkeypatch):
+  """``layers.CHUNK_BACKENDS``: the chunked head on those backends, every
+  slot at once elsewhere (a GPU, where that was measured faster)."""
+  from mrcnn_jax.model import layers, roi_heads
+  c, _, state, _ = setup
+  batch = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
+  model = build_model(c.model, roi_heads__mask__chunk=3)
+  calls = []
+  monkeypatch.setattr(roi_heads, "apply_to_prefix",
+                      lambda *a, **k: calls.append(1) or layers.apply_to_prefix(*a, **k))
+
+  def trace():
+    jax.eval_shape(lambda p: model.apply(
+        {"params": p}, batch["image"], batch["image_size"], train.batch_ground_truth(batch),
+        jax.random.PRNGKey(3), method=model.train_losses), state.params)
+
+  trace()
+  assert calls == [1]  # the CPU is listed by default
+  monkeypatch.setattr(layers, "CHUNK_BACKENDS", ("gpu", "tpu"))
+  trace()
+  assert calls == [1]
+
+
 def test_chunk_config_errors():
   c = tiny_config()
   for bad in (-1, 1.5, True):

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mrcnn_jax.model.layers import apply_to_prefix
+from mrcnn_jax.model.layers import apply_to_prefix, chunks_here
 from mrcnn_jax.ops import losses as loss_ops
 from mrcnn_jax.ops import postprocess
 from mrcnn_jax.ops import targets as target_ops
@@ -199,6 +199,8 @@ class MaskRoIHead(nn.Module):
   batch's positives instead of the slot count, which lets the slots cover
   every positive at no cost for the empty ones. Not for heads with batch
   statistics (``norm="bn"``), whose result would depend on the chunking.
+  It applies on the backends in ``layers.CHUNK_BACKENDS`` (the CPU): on a
+  GPU the head on every slot at once was measured faster.
   """
   head: nn.Module
   pooler: Pooler = Pooler()
@@ -213,12 +215,12 @@ class MaskRoIHead(nn.Module):
                count=None):
     """RoIs [B, R, 4] -> mask logits [B, R, M, M, K]; or packed RoIs [N, 4]
     of images ``batch_index`` [N] -> [N, M, M, K]. With ``count`` (packed
-    RoIs only) and ``chunk``, the head runs on the first ``count`` RoIs only
-    and the other logits are zeros."""
+    RoIs only) and ``chunk`` (on a backend of ``CHUNK_BACKENDS``), the head
+    runs on the first ``count`` RoIs only and the other logits are zeros."""
     x = self.pooler(features, rois, canvas_size, self.pool_size, batch_index)
     if self.trunk is not None:
       x = self.trunk(x, train=train)
-    if count is not None and self.chunk:
+    if count is not None and chunks_here(self.chunk):
       return apply_to_prefix(self.head, x, count, self.chunk, train=train)
     return self.head(x, train=train)
 
