@@ -35,19 +35,23 @@ $PY -c "import jax, flax, optax, torch, torchvision; print('jax', jax.__version_
 stage gpu_ops_tests ${T1:-150} $PY -m pytest -q -n 0 -p no:cacheprovider -rf --tb=short \
   tests/test_roi_pool.py tests/test_keypoints.py tests/test_roi_align.py \
   tests/test_boxes_anchors_nms.py tests/test_targets_losses.py
-stage train_mixed ${T2:-150} $PY scripts/benchmark_train.py --batch $B --canvas $CANVAS \
+# The whole model on the GPU against torchvision's (on the CPU) with converted
+# weights: FPN levels, proposals, detections, pasted masks (PARITY OK / FAIL).
+stage parity_maskrcnn ${T2:-120} $PY scripts/check_torchvision_parity.py --model maskrcnn
+stage train_mixed ${T3:-150} $PY scripts/benchmark_train.py --batch $B --canvas $CANVAS \
   --boxes $BOXES --precision mixed --runs 5 --out "$OUT/train_mixed.json"
-stage infer_mixed ${T3:-80} env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 $PY \
+stage infer_mixed ${T4:-80} env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 $PY \
   scripts/benchmark_inference.py --batch $IB --precision mixed --runs 5 --out "$OUT/infer_mixed.json"
-stage train_f32 ${T4:-120} $PY scripts/benchmark_train.py --batch $B --canvas $CANVAS \
+stage train_f32 ${T5:-120} $PY scripts/benchmark_train.py --batch $B --canvas $CANVAS \
   --boxes $BOXES --runs 5 --out "$OUT/train_f32.json"
 # The mask head on the filled slots, 16 at a time, as on a CPU (on a GPU it
 # runs on every packed slot at once: measured faster on 2026-11-30).
-stage train_mixed_chunked ${T5:-100} $PY scripts/benchmark_train.py --framework jax --batch $B \
+stage train_mixed_chunked ${T6:-100} $PY scripts/benchmark_train.py --framework jax --batch $B \
   --canvas $CANVAS --boxes $BOXES --precision mixed --runs 5 \
   --chunk-backends cpu,gpu --out "$OUT/train_mixed_chunked.json"
-stage train_profile ${T6:-100} $PY scripts/benchmark_train.py --framework jax --batch $B \
+stage train_profile ${T7:-100} $PY scripts/benchmark_train.py --framework jax --batch $B \
   --canvas $CANVAS --boxes $BOXES --precision mixed --runs 3 --profile-only --out "$OUT/train_profile.json"
 # A larger batch (the figures above use 16, 14 GiB of the H200's 139).
-stage train_mixed_b32 ${T7:-150} $PY scripts/benchmark_train.py --batch 32 --canvas $CANVAS \
+stage train_mixed_b32 ${T8:-150} $PY scripts/benchmark_train.py --batch 32 --canvas $CANVAS \
   --boxes $BOXES --precision mixed --runs 5 --out "$OUT/train_mixed_b32.json"
+stage parity_keypointrcnn ${T9:-150} $PY scripts/check_torchvision_parity.py --model keypointrcnn
