@@ -38,7 +38,10 @@ Compared, with the pass criteria of issue 2:
                          the threshold (strict IoU and the count of such
                          pixels are printed)
   keypoints              per detection pair: every keypoint within 1 pixel
-                         (x and y), its score (the heatmap logit) within 1e-3
+                         (x and y), its score (the heatmap logit) within 1e-3;
+                         pairs whose boxes straddle an integer width or
+                         height (decoded on grids of different sizes) are
+                         left out and printed, at most 2 per image
 
 Prints each difference, then ``PARITY OK`` (exit 0) or ``PARITY FAILED``
 (exit 1).
@@ -274,14 +277,27 @@ def main(argv=None):
       tk, tks = to["keypoints"].numpy(), to["keypoints_scores"].numpy()
       jk = j_out["keypoints"][i][v][partner]
       jks = j_out["keypoint_scores"][i][v][partner]
-      kdiff = np.abs(jk[..., :2] - tk[..., :2])
-      ksdiff = np.abs(jks - tks)
+      # Both decode a heatmap onto ceil(box width) x ceil(box height)
+      # pixels, so a pair of boxes on either side of an integer size (a
+      # width of 15.99969 against 16.00003) is decoded on different grids,
+      # and its keypoints legitimately differ: such pairs are counted and
+      # left out of the comparison (at most 2 per image pass).
+      jbp = jb[partner]
+      grid_t = np.ceil(np.maximum(tb[:, 2:] - tb[:, :2], 1.0))
+      grid_j = np.ceil(np.maximum(jbp[:, 2:] - jbp[:, :2], 1.0))
+      same = (grid_t == grid_j).all(axis=1)
+      kdiff = np.abs(jk[same][..., :2] - tk[same][..., :2])
+      ksdiff = np.abs(jks[same] - tks[same])
       exact = bool(j_out["keypoints_exact"][i][v].all())
       far = int((kdiff.max(axis=-1) > 0.5).sum())
-      check(kdiff.max() <= 1.0 and ksdiff.max() <= 1e-3 and exact,
-            f"image {i}: keypoints of {len(tk)} detections x {tk.shape[1]}: max |xy diff| "
-            f"{kdiff.max():.3f} px ({far} keypoints off by > 0.5 px), max |score diff| "
-            f"{ksdiff.max():.2e}, decoding certificate held: {exact}")
+      straddle = int((~same).sum())
+      check(kdiff.max() <= 1.0 and ksdiff.max() <= 1e-3 and exact and straddle <= 2,
+            f"image {i}: keypoints of {int(same.sum())} detections x {tk.shape[1]}: max |xy "
+            f"diff| {kdiff.max():.3f} px ({far} keypoints off by > 0.5 px), max |score diff| "
+            f"{ksdiff.max():.2e}, decoding certificate held: {exact}; {straddle} detection(s) "
+            "left out whose boxes straddle an integer size")
+      for d in np.flatnonzero(~same):
+        print(f"        straddling: torchvision box {tb[d].tolist()}, ours {jbp[d].tolist()}")
     if "masks" not in to:
       continue
     tm = to["masks"].numpy()[:, 0] > 0.5
