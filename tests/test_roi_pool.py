@@ -76,23 +76,6 @@ def test_sparse_table_against_brute_force():
             assert table[k, l, y, x, c] == (y + yy) * 7 + (x + xx)
 
 
-def test_bin_size_quotient_is_ieee_float32_division():
-  # The bin size comes from integer arithmetic so that its last bit is
-  # IEEE's on every backend (XLA:GPU's f32 division is not correctly
-  # rounded); numpy's float32 division is the reference.
-  rng = np.random.default_rng(0)
-  n = np.concatenate([np.arange(1, 4097), rng.integers(4097, 2 ** 23, 4000),
-                      [2 ** 23 - 1, 2 ** 22, 2 ** 22 + 1, 3 * 2 ** 20]]).astype(np.int32)
-  quotient = jax.jit(roi_pool_ops._f32_quotient, static_argnums=1)
-  for d in list(range(1, 65)) + [96, 112, 127]:
-    got = np.asarray(quotient(jnp.asarray(n), d))
-    want = n.astype(np.float32) / np.float32(d)
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, (d, n[bad[:5]], got[bad[:5]], want[bad[:5]])
-  with pytest.raises(ValueError, match="1..127"):
-    roi_pool_ops._f32_quotient(jnp.asarray([3]), 128)
-
-
 @pytest.mark.parametrize("size", [(5, 4), (7, 7), (2, 3)])
 def test_matches_torchvision_values_and_grads(ref, size):
   @jax.jit

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrcnn_jax.ops import exact
+
 _CUBIC_A = -0.75  # PyTorch's bicubic kernel parameter
 
 
@@ -120,8 +122,10 @@ def _axis_cells(n_out, s: int, per_cell: int):
   Returns (pos [s + 1, per_cell] int32 output pixels, member [s + 1,
   per_cell] bool (the pixel exists and lies in the cell), weights [s + 1,
   per_cell, 4], rows [s + 1, 4] int32 source samples read, clamped)."""
-  n_f = n_out.astype(jnp.float32)
-  scale = jnp.float32(s) / n_f  # PyTorch: (float) input_size / output_size
+  # PyTorch: (float) input_size / output_size, correctly rounded; a float
+  # division is not on a GPU (``ops.exact``), and floor(real) below reads
+  # the quotient's last bit.
+  scale = exact.f32_quotient(s, jnp.clip(n_out, 1, exact.QUOTIENT_LIMIT - 1))
   cells = jnp.arange(-1, s, dtype=jnp.int32)
   first = jnp.ceil((cells.astype(jnp.float32) + 0.5) / scale - 0.5).astype(jnp.int32) - 1
   pos = first[:, None] + jnp.arange(per_cell, dtype=jnp.int32)[None]

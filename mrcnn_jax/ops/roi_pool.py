@@ -41,6 +41,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mrcnn_jax.ops import exact
 from mrcnn_jax.ops.roi_align import (_pair, multilevel_layout, quantize_to_grid,
                                      single_map_inputs)
 
@@ -96,50 +97,19 @@ def range_max_table(features):
   return jnp.stack(rows)
 
 
-def _f32_quotient(n, d: int):
-  """float32 ``n / d`` rounded to nearest (ties to even), as IEEE division
-  gives it, from integer arithmetic alone: int32 n >= 1, static 1 <= d < 128.
-
-  torchvision floors and ceils multiples of this quotient, so its last bit
-  decides bin edges (9 / 7 * 7 is 9.000001, whose ceil is 10). A float
-  division cannot be trusted for that bit: XLA:CPU rewrites a division by a
-  constant as a product with the rounded reciprocal, and XLA:GPU lowers f32
-  division to PTX ``div.full``, within 2 ulp, not correctly rounded (on an
-  H200 RoIPool then differed from torchvision in 1% of the bins). Sizes
-  from 2^23 on are taken as 2^23 - 1: bins are clipped to the map, so no
-  RoI that could meet a real map changes.
-  """
-  if not 1 <= d < 128:
-    raise ValueError(f"RoIPool output size must be 1..127 per side, got {d}")
-  n = jnp.clip(n.astype(jnp.int32), 1, 2 ** 23 - 1)
-  # With n in [2^a, 2^(a+1)) and d in [2^b, 2^(b+1)), n * 2^s / d lies in
-  # (2^22, 2^24) for s = 23 - a + b; one more shift where it is below 2^23
-  # gives a 24-bit quotient q. n * 2^s < 2^(25 + b) <= 2^31 fits in int32.
-  s = 23 - _floor_log2(n) + (d.bit_length() - 1)
-  s = jnp.where(jnp.left_shift(n, s) // d < 2 ** 23, s + 1, s)
-  num = jnp.left_shift(n, s)
-  q, r = num // d, num % d
-  q = q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1))).astype(jnp.int32)
-  # q (<= 2^24) is exact in float32, and 2^-s is built from its bits.
-  scale = jax.lax.bitcast_convert_type(jnp.left_shift(127 - s, 23), jnp.float32)
-  return q.astype(jnp.float32) * scale
-
-
 def _bin_edges(start, size, pooled: int, limit):
   """Start and end (exclusive) of each bin along one axis, clipped to
   [0, limit]: ([pooled] int32, [pooled] int32). torchvision's float32
   arithmetic: floor(p * size / pooled) and ceil((p + 1) * size / pooled)
-  with the quotient rounded first."""
-  bin_size = _f32_quotient(size, pooled)
+  with the quotient rounded first (``exact.f32_quotient``: its last bit
+  moves edges). Sizes from 2^24 feature pixels on (boxes millions of
+  pixels across) are taken as 2^24 - 1."""
+  size = jnp.clip(size, 1, exact.QUOTIENT_LIMIT - 1)
+  bin_size = exact.f32_quotient(size, pooled)
   p = jnp.arange(pooled, dtype=jnp.float32)
   lo = jnp.floor(p * bin_size).astype(jnp.int32) + start
   hi = jnp.ceil((p + 1.0) * bin_size).astype(jnp.int32) + start
   return jnp.clip(lo, 0, limit), jnp.clip(hi, 0, limit)
-
-
-def _floor_log2(n):
-  """floor(log2 n) of int32 n >= 1 (exact, unlike a float log)."""
-  return 31 - jax.lax.clz(n.astype(jnp.int32))
 
 
 def _pool_one(flat, table, feat_offset, table_offset, height, width, levels_w, box,
@@ -163,8 +133,8 @@ def _pool_one(flat, table, feat_offset, table_offset, height, width, levels_w, b
   y_lo, y_hi = _bin_edges(q[1], roi_h, out_h, height)
   x_lo, x_hi = _bin_edges(q[0], roi_w, out_w, width)
   empty = (y_hi <= y_lo)[:, None] | (x_hi <= x_lo)[None, :]  # [h, w]
-  ky = _floor_log2(jnp.maximum(y_hi - y_lo, 1))
-  kx = _floor_log2(jnp.maximum(x_hi - x_lo, 1))
+  ky = exact.floor_log2(jnp.maximum(y_hi - y_lo, 1))
+  kx = exact.floor_log2(jnp.maximum(x_hi - x_lo, 1))
   # The four blocks: top / bottom rows, left / right columns of each bin.
   ys = jnp.stack([y_lo, jnp.maximum(y_hi - 2 ** ky, y_lo)], axis=1)  # [h, 2]
   xs = jnp.stack([x_lo, jnp.maximum(x_hi - 2 ** kx, x_lo)], axis=1)  # [w, 2]
