@@ -9,7 +9,7 @@ whose ceil is 10). A float division cannot be trusted for that bit: XLA:CPU
 rewrites a division by a constant as a product with the rounded reciprocal,
 and XLA:GPU lowers float32 division to PTX ``div.full``, within 2 ulp but
 not correctly rounded (on an H200, RoIPool then differed from torchvision in
-1-2% of the bins). ``f32_quotient`` builds the correctly rounded quotient
+up to 1% of its outputs). ``f32_quotient`` builds the correctly rounded quotient
 from integer operations, which every backend computes exactly.
 """
 
