@@ -55,3 +55,11 @@ def test_constant_divisors():
   for den in (1, 2, 3, 7, 14, 64):
     got = np.asarray(jax.jit(lambda n, d=den: exact.f32_quotient(n, d))(jnp.asarray(num)))
     np.testing.assert_array_equal(got, num.astype(np.float32) / np.float32(den))
+
+
+def test_divisor_of_one_in_any_form():
+  # XLA:CPU could not compile the division for a constant divisor of 1.
+  num = jnp.arange(1, 100, dtype=jnp.int32)
+  for den in (1, np.int32(1), jnp.int32(1), 1.0):
+    got = jax.jit(lambda n, d=den: exact.f32_quotient(n, d))(num)
+    np.testing.assert_array_equal(got, np.arange(1, 100, dtype=np.float32))

@@ -9,7 +9,7 @@ whose ceil is 10). A float division cannot be trusted for that bit: XLA:CPU
 rewrites a division by a constant as a product with the rounded reciprocal,
 and XLA:GPU lowers float32 division to PTX ``div.full``, within 2 ulp but
 not correctly rounded (on an H200, RoIPool then differed from torchvision in
-up to 1% of its outputs). ``f32_quotient`` builds the correctly rounded quotient
+about 1% of its outputs). ``f32_quotient`` builds the correctly rounded quotient
 from integer operations, which every backend computes exactly.
 """
 
@@ -38,11 +38,11 @@ def f32_quotient(num, den):
   Returns:
     float32, the shape of the broadcast operands.
   """
-  if isinstance(den, int) and den == 1:
-    # Exact as it is; and XLA:CPU (jax 0.10.2) fails to compile the long
-    # division below for a constant divisor of 1 ("Unknown MLIR failure").
-    return jnp.asarray(num, jnp.int32).astype(jnp.float32)
   num, den = jnp.broadcast_arrays(jnp.asarray(num, jnp.int32), jnp.asarray(den, jnp.int32))
+  # The divisor as an opaque value: XLA:CPU (jax 0.10.2) fails to compile
+  # the long division below with a constant divisor of 1 ("Unknown MLIR
+  # failure"), and folding a constant divisor saves nothing here.
+  den = jax.lax.optimization_barrier(den)
   q, r = num // den, num % den  # q < 2^24
   shift = jnp.zeros_like(q)
   # Long division, one quotient bit a step, until q holds 24 significant
@@ -55,7 +55,9 @@ def f32_quotient(num, den):
     q = jnp.where(more, 2 * q + bit, q)
     r = jnp.where(more, r2 - bit * den, r)
     shift = shift + more.astype(jnp.int32)
-  # Round the remainder r / den (< 1 unit in the last place) to nearest even.
+  # Round the remainder r / den (< 1 unit in the last place) to nearest; a
+  # tie cannot occur for operands below 2^24 (it would need a 25-bit odd
+  # quotient), the even rule is there for the record.
   q = q + ((2 * r > den) | ((2 * r == den) & (q % 2 == 1))).astype(jnp.int32)
   # q (<= 2^24) is exact in float32, and 2^-shift is built from its bits.
   scale = jax.lax.bitcast_convert_type(jnp.left_shift(127 - shift, 23), jnp.float32)
