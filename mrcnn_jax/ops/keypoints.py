@@ -127,6 +127,9 @@ def _axis_cells(n_out, s: int, per_cell: int):
   # the quotient's last bit.
   scale = exact.f32_quotient(s, jnp.clip(n_out, 1, exact.QUOTIENT_LIMIT - 1))
   cells = jnp.arange(-1, s, dtype=jnp.int32)
+  # Each cell's first output pixel, estimated (a float division is fine
+  # here: pos starts one pixel early and per_cell has room to spare, and
+  # membership is decided exactly from ``real`` below).
   first = jnp.ceil((cells.astype(jnp.float32) + 0.5) / scale - 0.5).astype(jnp.int32) - 1
   pos = first[:, None] + jnp.arange(per_cell, dtype=jnp.int32)[None]
   real = scale * (pos.astype(jnp.float32) + 0.5) - 0.5
