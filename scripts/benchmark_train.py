@@ -125,8 +125,8 @@ def load_config(path: str, overrides: list[str]):
 def run_jax(args) -> dict:
   import jax
 
+  from mrcnn_jax.model import layers
   if args.chunk_backends is not None:  # where roi_heads.<head>.chunk applies
-    from mrcnn_jax.model import layers
     layers.CHUNK_BACKENDS = tuple(b for b in args.chunk_backends.split(",") if b)
   if args.nms != "auto":  # bind the method where the model calls NMS (nms_batch only)
     from mrcnn_jax.ops import nms as nms_ops
@@ -199,7 +199,7 @@ def run_jax(args) -> dict:
       "precision": "bfloat16 compute, float32 params" if args.precision == "mixed" else "float32",
       "compile_s": round(compile_s, 2), "step_s": round(med, 4),
       "step_times_s": [round(t, 4) for t in times],
-      "devices": n, "nms": args.nms,
+      "devices": n, "nms": args.nms, "chunk_backends": list(layers.CHUNK_BACKENDS),
       "images_per_s": round(b / med, 3),
       "loss": float(metrics["loss"][0]),
       "pos_rois_per_image": float(metrics["num_pos_rois"][0]),

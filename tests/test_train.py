@@ -296,10 +296,12 @@ def test_the_training_input_is_closed_in_a_thread_that_is_joined_at_exit():
 
 
 @pytest.mark.parametrize("head,chunk", [("mask", 1), ("mask", 3), ("keypoint", 2)])
-def test_head_on_filled_slots_only_equals_every_slot(setup, head, chunk):
+def test_head_on_filled_slots_only_equals_every_slot(setup, head, chunk, monkeypatch):
   """roi_heads.<head>.chunk: the head runs on the filled slots alone (a while
   loop over chunks, its own gradient); the losses and every parameter
   gradient equal the head on every slot, and the empty slots' logits are 0."""
+  from mrcnn_jax.model import layers
+  monkeypatch.setattr(layers, "CHUNK_BACKENDS", (jax.default_backend(),))  # chunked here too
   c, _, state, _ = setup
   batch = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
   if head == "keypoint":
@@ -343,6 +345,7 @@ def test_chunk_applies_on_the_listed_backends_only(setup, monkeypatch):
   """``layers.CHUNK_BACKENDS``: the chunked head on those backends, every
   slot at once elsewhere (a GPU, where that was measured faster)."""
   from mrcnn_jax.model import layers, roi_heads
+  assert layers.CHUNK_BACKENDS == ("cpu",)
   c, _, state, _ = setup
   batch = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
   model = build_model(c.model, roi_heads__mask__chunk=3)
@@ -355,9 +358,11 @@ def test_chunk_applies_on_the_listed_backends_only(setup, monkeypatch):
         {"params": p}, batch["image"], batch["image_size"], train.batch_ground_truth(batch),
         jax.random.PRNGKey(3), method=model.train_losses), state.params)
 
+  here = jax.default_backend()
+  monkeypatch.setattr(layers, "CHUNK_BACKENDS", (here,))
   trace()
-  assert calls == [1]  # the CPU is listed by default
-  monkeypatch.setattr(layers, "CHUNK_BACKENDS", ("gpu", "tpu"))
+  assert calls == [1]
+  monkeypatch.setattr(layers, "CHUNK_BACKENDS", tuple({"cpu", "gpu", "tpu"} - {here}))
   trace()
   assert calls == [1]
 
