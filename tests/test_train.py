@@ -344,14 +344,15 @@ def test_head_on_filled_slots_only_equals_every_slot(setup, head, chunk, monkeyp
 def test_chunk_applies_on_the_listed_backends_only(setup, monkeypatch):
   """``layers.CHUNK_BACKENDS``: the chunked head on those backends, every
   slot at once elsewhere (a GPU, where that was measured faster)."""
-  from mrcnn_jax.model import layers, roi_heads
+  from mrcnn_jax.model import layers
   assert layers.CHUNK_BACKENDS == ("cpu",)
   c, _, state, _ = setup
   batch = synthetic_batch(np.random.default_rng(0), batch_dims=(2,))
   model = build_model(c.model, roi_heads__mask__chunk=3)
   calls = []
-  monkeypatch.setattr(roi_heads, "apply_to_prefix",
-                      lambda *a, **k: calls.append(1) or layers.apply_to_prefix(*a, **k))
+  real = layers.apply_to_prefix
+  monkeypatch.setattr(layers, "apply_to_prefix",
+                      lambda *a, **k: calls.append(1) or real(*a, **k))
 
   def trace():
     jax.eval_shape(lambda p: model.apply(

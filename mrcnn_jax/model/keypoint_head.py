@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrcnn_jax.model.heads import _conv_stack, _flatten_rois
-from mrcnn_jax.model.layers import apply_to_prefix, chunks_here
+from mrcnn_jax.model.layers import apply_head
 from mrcnn_jax.model.roi_heads import MaskRoIHead, Pooler
 from mrcnn_jax.ops import keypoints as kp_ops
 from mrcnn_jax.ops.conv import conv2d
@@ -115,9 +115,7 @@ class KeypointRoIHead(nn.Module):
     images ``batch_index`` [N] -> [N, S, S, K] (with ``count`` and ``chunk``:
     on the first ``count`` only, as ``MaskRoIHead``)."""
     x = self.pooler(features, rois, canvas_size, self.pool_size, batch_index)
-    if count is not None and chunks_here(self.chunk):
-      return apply_to_prefix(self.head, x, count, self.chunk, train=train)
-    return self.head(x, train=train)
+    return apply_head(self.head, x, count, self.chunk, train=train)
 
   def num_slots(self, batch_size: int, positive_slots: int) -> int:
     return MaskRoIHead.num_slots(self, batch_size, positive_slots)

@@ -184,10 +184,14 @@ def divisor_at_most(n: int, k: int) -> int:
 CHUNK_BACKENDS = ("cpu",)
 
 
-def chunks_here(chunk: int) -> bool:
-  """Whether a head configured with ``chunk`` runs chunked on the default
-  backend (``CHUNK_BACKENDS``); called while tracing."""
-  return bool(chunk) and jax.default_backend() in CHUNK_BACKENDS
+def apply_head(head: nn.Module, x, count, chunk: int, **kwargs):
+  """``head(x, **kwargs)``; with ``count`` (the filled rows come first) and
+  a nonzero ``chunk`` on a backend of ``CHUNK_BACKENDS``, on the filled rows
+  only (``apply_to_prefix``). The mask and keypoint heads' one dispatch,
+  decided while tracing."""
+  if count is not None and chunk and jax.default_backend() in CHUNK_BACKENDS:
+    return apply_to_prefix(head, x, count, chunk, **kwargs)
+  return head(x, **kwargs)
 
 
 def apply_to_prefix(module: nn.Module, x, count, max_chunk: int, **kwargs):

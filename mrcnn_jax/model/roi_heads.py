@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mrcnn_jax.model.layers import apply_to_prefix, chunks_here
+from mrcnn_jax.model.layers import apply_head
 from mrcnn_jax.ops import losses as loss_ops
 from mrcnn_jax.ops import postprocess
 from mrcnn_jax.ops import targets as target_ops
@@ -220,9 +220,7 @@ class MaskRoIHead(nn.Module):
     x = self.pooler(features, rois, canvas_size, self.pool_size, batch_index)
     if self.trunk is not None:
       x = self.trunk(x, train=train)
-    if count is not None and chunks_here(self.chunk):
-      return apply_to_prefix(self.head, x, count, self.chunk, train=train)
-    return self.head(x, train=train)
+    return apply_head(self.head, x, count, self.chunk, train=train)
 
   def num_slots(self, batch_size: int, positive_slots: int) -> int:
     """Mask RoIs per step on one device: each image's positive slots, or
