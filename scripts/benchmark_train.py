@@ -255,9 +255,15 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
                                                           method=model.features))
 
   def rpn_loss(p, f, d):
+    # As in the step: the dense head's forward (the proposals read it, no
+    # gradient; returned so that it is computed) and the losses at the
+    # sampled anchors (``RPN.at_anchors``), which carry the gradient.
     obj, deltas = apply(p, f, method=model.rpn_outputs)
-    return sum(loss_ops.rpn_losses(jnp.concatenate(obj, 1), jnp.concatenate(deltas, 1),
-                                   d["outs"]["rpn_target_labels"], d["outs"]["rpn_target_deltas"]))
+    o = d["outs"]
+    lg, dl = apply(p, f, o["rpn_sampled_index"], method=lambda m, *a: m.rpn.at_anchors(*a))
+    loss = sum(loss_ops.rpn_losses(lg, dl, o["rpn_sampled_labels"],
+                                   o["rpn_sampled_target_deltas"]))
+    return loss, jax.lax.stop_gradient(sum(x.sum() for x in obj + deltas))
 
   def targets(p, f, d):
     # Everything between the heads that has no parameters: anchors, RPN
@@ -284,10 +290,10 @@ def profile_jax(model, state, tx, config, batch, runs) -> dict:
     u, o = tx.update(d["grads"], o, p)
     return optax.apply_updates(p, u), o
 
-  grad2 = lambda f: jax.jit(jax.grad(f, argnums=(0, 1)))  # noqa: E731
+  grad2 = lambda f, **k: jax.jit(jax.grad(f, argnums=(0, 1), **k))  # noqa: E731
   stages = {
       "backbone+fpn fwd+bwd": (jax.jit(jax.grad(features_sum)), (params, d)),
-      "rpn head+losses fwd+bwd": (grad2(rpn_loss), (params, feats, d)),
+      "rpn head+losses fwd+bwd": (grad2(rpn_loss, has_aux=True), (params, feats, d)),
       "box branch fwd+bwd": (grad2(box_loss), (params, feats, d)),
       f"mask branch fwd+bwd ({mask_rois_n})": (grad2(mask_loss), (params, feats, d)),
       "optimizer update": (jax.jit(update), (params, state.opt_state, d)),

@@ -208,7 +208,10 @@ class MaskRCNN(nn.Module):
 
     Returns a dict of arrays that ``losses`` turns into the named losses: the
     targets of ``sample_targets``, the heads' outputs (``rpn_objectness``,
-    ``rpn_deltas``, ``class_logits``, ``box_deltas``) and each instance
+    ``rpn_deltas`` over every anchor, without gradient; the same at the
+    sampled anchors, ``rpn_sampled_objectness`` [B, K] and
+    ``rpn_sampled_deltas``, which the losses read; ``class_logits``,
+    ``box_deltas``) and each instance
     head's ``train_outputs`` (the mask head's ``mask_logits`` [N, M, M, K]
     for the packed mask RoIs, N = ``num_mask_slots(B)``, valid where
     ``mask_valid``).
@@ -224,8 +227,12 @@ class MaskRCNN(nn.Module):
     objectness, deltas = self.rpn_outputs(feats)
     out = self.sample_targets(feats, canvas, image_sizes, objectness, deltas, gt, rng,
                               image_index)
-    out["rpn_objectness"] = jnp.concatenate(objectness, axis=1)
-    out["rpn_deltas"] = jnp.concatenate(deltas, axis=1)
+    # The RPN losses read the head at the sampled anchors, computed there
+    # again (``RPN.at_anchors``): the gradient stays off the dense head.
+    out["rpn_objectness"] = jax.lax.stop_gradient(jnp.concatenate(objectness, axis=1))
+    out["rpn_deltas"] = jax.lax.stop_gradient(jnp.concatenate(deltas, axis=1))
+    out["rpn_sampled_objectness"], out["rpn_sampled_deltas"] = self.rpn.at_anchors(
+        feats, out["rpn_sampled_index"])
     out["class_logits"], out["box_deltas"] = self.box_outputs(feats, out["roi_boxes"], canvas,
                                                               train=True)
     # (Choosing the mask slot count from the positives at run time, one

@@ -103,7 +103,10 @@ def rpn_targets(anchors, gt_boxes, gt_valid, key, *, fg_threshold=0.7, bg_thresh
 
   Returns dict: ``labels`` [A] (1 / 0 / -1 after sampling: -1 = not
   sampled), ``deltas`` [A, 4] regression targets (coder weights 1),
-  ``num_sampled`` scalar.
+  ``num_sampled`` scalar; and the same for the sampled anchors alone, K =
+  ``num_samples``: ``sampled_index`` [K] (anchor indices, the positives
+  first; 0 in unused rows), ``sampled_labels`` [K] (1 / 0, -1 in unused
+  rows) and ``sampled_deltas`` [K, 4]. The losses need only these.
   """
   iou = box_ops.pairwise_iou(anchors, gt_boxes)
   labels, matched, _ = match(iou, gt_valid, fg_threshold, bg_threshold, True)
@@ -113,8 +116,12 @@ def rpn_targets(anchors, gt_boxes, gt_valid, key, *, fg_threshold=0.7, bg_thresh
   sampled_labels = sampled_labels.at[jnp.where(is_sampled, order, a)].set(
       is_pos.astype(jnp.int32), mode="drop")
   deltas = box_ops.encode(gt_boxes[matched], anchors)
+  index = jnp.where(is_sampled, order, 0)
   return {"labels": sampled_labels, "deltas": deltas,
-          "num_sampled": is_sampled.sum().astype(jnp.float32)}
+          "num_sampled": is_sampled.sum().astype(jnp.float32),
+          "sampled_index": index,
+          "sampled_labels": jnp.where(is_sampled, is_pos.astype(jnp.int32), -1),
+          "sampled_deltas": box_ops.encode(gt_boxes[matched[index]], anchors[index])}
 
 
 def roi_targets(proposals, proposals_valid, gt_boxes, gt_labels, gt_valid, key, *,
