@@ -34,11 +34,15 @@ def get_model_config() -> ml_collections.ConfigDict:
   # training log); None gives every positive slot a mask. Inference is
   # unaffected.
   m.roi_heads.mask.rois_per_image = 64
-  # ... and only on the slots that hold a positive, 16 at a time
+  # ... and only on the slots that hold a positive, 8 at a time
   # (layers.apply_to_prefix): R50-FPN train step, batch 2 at 512x512, 4
   # objects/image (14 positives in 128 slots), 2-core EPYC: 5.63 s against
-  # 9.23 s on every slot (scripts/benchmark_train.py). Measured on CPU only.
-  m.roi_heads.mask.chunk = 16
+  # 9.23 s on every slot (scripts/benchmark_train.py, 16 at a time). The
+  # head costs the same per row in chunks of 8 and 16, and 8 wastes fewer
+  # empty rows: the mask branch with 8 of 128 slots filled 0.38-0.40 s
+  # against 0.52-0.59 s (README, Speed). On the CPU backend only
+  # (layers.CHUNK_BACKENDS).
+  m.roi_heads.mask.chunk = 8
   return m
 
 
