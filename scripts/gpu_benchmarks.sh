@@ -34,10 +34,11 @@ $PY -c "import jax, flax, optax, torch, torchvision; print('jax', jax.__version_
 # the last stages are cut when the first ones are slow.
 # The ops' tests against torchvision's fixtures, on the GPU (no TF needed):
 # RoIPool's bin edges, the pasted masks and the keypoint decoding depend on
-# float32 division and matmul precision, which differ from a CPU's there.
+# float32 division and matmul precision, which differ from a CPU's there;
+# the RPN's sparse training form (test_rpn.py) has not run on a GPU yet.
 stage gpu_ops_tests ${T1:-150} $PY -m pytest -q -n 0 -p no:cacheprovider -rf --tb=short \
   tests/test_roi_pool.py tests/test_keypoints.py tests/test_roi_align.py \
-  tests/test_boxes_anchors_nms.py tests/test_targets_losses.py
+  tests/test_boxes_anchors_nms.py tests/test_targets_losses.py tests/test_rpn.py
 # The whole model on the GPU against torchvision's (on the CPU) with converted
 # weights: FPN levels, proposals, detections, pasted masks (PARITY OK / FAIL).
 stage parity_maskrcnn ${T2:-120} $PY scripts/check_torchvision_parity.py --model maskrcnn
