@@ -23,6 +23,7 @@ from mrcnn_jax.ops import anchors as anchor_ops
 from mrcnn_jax.ops import losses as loss_ops
 from mrcnn_jax.ops import postprocess
 from mrcnn_jax.ops import targets as target_ops
+from mrcnn_jax.ops.roi_align import weighted_gather
 
 _normal001 = nn.initializers.normal(0.01)
 
@@ -116,9 +117,15 @@ class RPN(nn.Module):
     pixel = (jnp.asarray(first_pixel)[level][..., None, None]
              + jnp.clip(ty, 0, h_ - 1) * w_ + jnp.clip(tx, 0, w_ - 1))
     flat = jnp.concatenate([f.reshape(b, -1, c) for f in features], axis=1)
+    per_image = flat.shape[1]
     p = 2 * d + 1
-    taps = jnp.take_along_axis(flat, pixel.reshape(b, k * p * p, 1), axis=1)
-    h = jnp.where(inside[..., None], taps.reshape(b, k, p, p, c), 0).astype(self.dtype)
+    # One row per tap, weight 0 outside the map; RoIAlign's pooling step, so
+    # the backward accumulates the taps' gradients in float32 whatever the
+    # features' dtype (a tap is read by up to 9 A anchors).
+    rows = pixel + (jnp.arange(b) * per_image)[:, None, None, None]
+    taps = weighted_gather(flat.reshape(b * per_image, c), rows.reshape(-1, 1),
+                           inside.reshape(-1, 1).astype(jnp.float32))
+    h = taps.reshape(b, k, p, p, c).astype(self.dtype)
     for i in range(d):
       kernel, bias = params[f"conv_{i}"]["kernel"], params[f"conv_{i}"]["bias"]
       s = h.shape[2] - 2
