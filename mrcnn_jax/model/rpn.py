@@ -89,7 +89,7 @@ class RPN(nn.Module):
     (256 per image), and the gradient through this form is a few products
     on those rows and a scatter of their patches, where the gradient of the
     dense head is the full backward of its 3x3 convolutions over every level
-    (about 0.7 of the R50-FPN train step's 5.7 s on 2 CPU cores).
+    (about 0.7 s of the R50-FPN train step's 5.7 s on 2 CPU cores).
     """
     params = self.variables["params"]
     num_anchors = anchor_ops.num_anchors_per_location(self.anchor_sizes[0],
