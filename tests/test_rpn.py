@@ -1,6 +1,6 @@
 """The RPN head at chosen anchors (``RPN.at_anchors``, what the training
 losses read) against the dense head gathered at the same anchors: values and
-gradients, one and two 3x3 convolutions, anchors on every border."""
+gradients, zero to two 3x3 convolutions, anchors on every border."""
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ def _setup(depth, dtype=jnp.float32, channels=8, batch=2, seed=0):
   return rpn, params, feats, jnp.asarray(index)
 
 
-@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("depth", [0, 1, 2])
 def test_at_anchors_equals_the_dense_head_at_those_anchors(depth):
   rpn, params, feats, index = _setup(depth)
   logits, deltas = rpn.apply({"params": params}, feats)
@@ -56,7 +56,7 @@ def test_at_anchors_equals_the_dense_head_at_those_anchors(depth):
   assert float(jnp.abs(dense_l).max()) > 0.1  # not a comparison of zeros
 
 
-@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("depth", [0, 1, 2])
 def test_rpn_loss_gradients_through_at_anchors_equal_the_dense_ones(depth):
   rpn, params, feats, index = _setup(depth, seed=1)
   rng = np.random.default_rng(2)
