@@ -70,6 +70,31 @@ def test_rpn_targets_counts():
   np.testing.assert_allclose(back, np.repeat(gt[:1], pos.sum(), 0), atol=1e-3)
 
 
+@pytest.mark.parametrize("num_samples", [32, 400])
+def test_rpn_targets_sampled_rows_are_the_dense_targets_at_the_sample(num_samples):
+  """``sampled_index`` / ``sampled_labels`` / ``sampled_deltas`` (what the
+  losses read) scattered back give the dense ``labels`` and ``deltas``; with
+  more samples than anchors (256 here) the rows beyond the sample are -1."""
+  xs = jnp.arange(0, 64, 4.0)
+  anchors = jnp.stack(jnp.meshgrid(xs, xs), -1).reshape(-1, 2)
+  anchors = jnp.concatenate([anchors - 8, anchors + 8], -1)
+  gt = jnp.asarray([[10.0, 10.0, 30.0, 26.0], [34.0, 30.0, 60.0, 62.0]])
+  t = T.rpn_targets(anchors, gt, jnp.asarray([True, True]), jax.random.PRNGKey(3),
+                    num_samples=num_samples, positive_fraction=0.5)
+  idx, lab = np.asarray(t["sampled_index"]), np.asarray(t["sampled_labels"])
+  assert idx.shape == lab.shape == (num_samples,)
+  used = lab >= 0
+  assert used.sum() == int(t["num_sampled"]) <= min(num_samples, 256)
+  assert used[:used.sum()].all()  # the sample first, then the unused rows
+  assert len(set(idx[used])) == used.sum()  # no anchor twice
+  dense = np.full(anchors.shape[0], -1)
+  dense[idx[used]] = lab[used]
+  np.testing.assert_array_equal(dense, t["labels"])
+  np.testing.assert_allclose(np.asarray(t["sampled_deltas"])[used],
+                             np.asarray(t["deltas"])[idx[used]], rtol=1e-6)
+  assert (lab[:(lab == 1).sum()] == 1).all()  # positives first
+
+
 def test_roi_targets_include_gt():
   props = jnp.asarray([[0.0, 0.0, 5.0, 5.0]] * 10)
   gt = jnp.asarray([[10.0, 10.0, 30.0, 40.0], [40.0, 5.0, 60.0, 20.0], [0, 0, 0, 0]])
