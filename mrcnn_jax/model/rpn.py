@@ -23,7 +23,7 @@ from mrcnn_jax.ops import anchors as anchor_ops
 from mrcnn_jax.ops import losses as loss_ops
 from mrcnn_jax.ops import postprocess
 from mrcnn_jax.ops import targets as target_ops
-from mrcnn_jax.ops.roi_align import weighted_gather
+from mrcnn_jax.ops.roi_align import flatten_levels, weighted_gather
 
 _normal001 = nn.initializers.normal(0.01)
 
@@ -98,9 +98,9 @@ class RPN(nn.Module):
     c = features[0].shape[-1]
     d = self.conv_depth
     grids = [tuple(f.shape[1:3]) for f in features]
-    # Static per-level tables: first anchor, first pixel, height, width.
+    flat, per_image, first_pixel = flatten_levels(features)
+    # Static per-level tables: first anchor, first pixel (above), height, width.
     first_anchor = np.cumsum([0] + [h * w * num_anchors for h, w in grids])
-    first_pixel = np.cumsum([0] + [h * w for h, w in grids])[:-1]
     level = jnp.sum(anchor_index[..., None] >= jnp.asarray(first_anchor[1:-1]), axis=-1)
     height = jnp.asarray([h for h, _ in grids])[level]
     width = jnp.asarray([w for _, w in grids])[level]
@@ -116,14 +116,12 @@ class RPN(nn.Module):
     inside = (ty >= 0) & (ty < h_) & (tx >= 0) & (tx < w_)  # [B, K, p, p]
     pixel = (jnp.asarray(first_pixel)[level][..., None, None]
              + jnp.clip(ty, 0, h_ - 1) * w_ + jnp.clip(tx, 0, w_ - 1))
-    flat = jnp.concatenate([f.reshape(b, -1, c) for f in features], axis=1)
-    per_image = flat.shape[1]
     p = 2 * d + 1
     # One row per tap, weight 0 outside the map; RoIAlign's pooling step, so
     # the backward accumulates the taps' gradients in float32 whatever the
     # features' dtype (a tap is read by up to 9 A anchors).
     rows = pixel + (jnp.arange(b) * per_image)[:, None, None, None]
-    taps = weighted_gather(flat.reshape(b * per_image, c), rows.reshape(-1, 1),
+    taps = weighted_gather(flat, rows.reshape(-1, 1),
                            inside.reshape(-1, 1).astype(jnp.float32))
     h = taps.reshape(b, k, p, p, c).astype(self.dtype)
     for i in range(d):

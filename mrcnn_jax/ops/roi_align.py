@@ -293,6 +293,20 @@ class MultiLevelLayout(NamedTuple):
   lead: tuple
 
 
+def flatten_levels(features_per_level: Sequence):
+  """All levels of all images as one [B * S, C] map, S = sum of H_l * W_l:
+  pixel (y, x) of level l of image i is row i * S + offsets[l] + y * W_l + x.
+
+  Returns (flat [B * S, C], S, offsets: a list of L ints)."""
+  b, c = features_per_level[0].shape[0], features_per_level[0].shape[-1]
+  flat = jnp.concatenate([f.reshape(b, -1, c) for f in features_per_level], axis=1)
+  per_image = flat.shape[1]
+  offsets = [0]
+  for f in features_per_level[:-1]:
+    offsets.append(offsets[-1] + f.shape[1] * f.shape[2])
+  return flat.reshape(b * per_image, c), per_image, offsets
+
+
 def multilevel_layout(features_per_level: Sequence, boxes, *, canvas_size: tuple[int, int],
                       batch_index=None, first_level: int = 2, canonical_scale: float = 224.0,
                       canonical_level: int = 4) -> MultiLevelLayout:
@@ -301,17 +315,8 @@ def multilevel_layout(features_per_level: Sequence, boxes, *, canvas_size: tuple
   grid_sizes = tuple(tuple(f.shape[1:3]) for f in features_per_level)
   scales = level_scales(canvas_size, grid_sizes)
   num_levels = len(features_per_level)
-  b, c = features_per_level[0].shape[0], features_per_level[0].shape[-1]
-  # All levels of all images as one [B * S, C] map; a RoI of image i on level
-  # l reads the rows from i * S + offset_l on.
-  flat = jnp.concatenate(
-      [f.reshape(b, -1, c) for f in features_per_level], axis=1)
-  per_image = flat.shape[1]
-  flat = flat.reshape(b * per_image, c)
-  offsets, acc = [], 0
-  for g in grid_sizes:
-    offsets.append(acc)
-    acc += g[0] * g[1]
+  b = features_per_level[0].shape[0]
+  flat, per_image, offsets = flatten_levels(features_per_level)
 
   if batch_index is None:
     if boxes.ndim != 3 or boxes.shape[0] != b:
